@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One-time machine setup for orders_sync on Debian 12 (bookworm) with PostgreSQL 15.
+# Idempotent: every step checks first, so a second run takes seconds.
+set -euo pipefail
+
+PG_MAJOR=15
+PG_CONFIG=/usr/lib/postgresql/${PG_MAJOR}/bin/pg_config
+PGRX_VERSION=0.18.0
+APT_PACKAGES=(
+  "postgresql-${PG_MAJOR}"            # the server the extension runs in
+  "postgresql-server-dev-${PG_MAJOR}" # headers and pg_config for pgrx/bindgen
+  "postgresql-${PG_MAJOR}-cron"       # pg_cron, the scheduler orders_sync registers jobs with
+  libclang-dev clang                  # bindgen
+  pkg-config libssl-dev               # build deps of common -sys crates
+  sudo                                # cargo pgrx test --runas postgres
+)
+
+log() { printf 'setup: %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO=sudo
+else
+  SUDO=
+fi
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing apt packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "apt packages present"
+fi
+
+# Debian's postgresql package starts a cluster on 5432; the project never uses it, and tests
+# start private clusters on their own ports, so nothing here depends on it running or not.
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+
+if cargo pgrx --version 2>/dev/null | grep -q " ${PGRX_VERSION}\$"; then
+  log "cargo-pgrx ${PGRX_VERSION} present"
+else
+  log "installing cargo-pgrx ${PGRX_VERSION} (takes a few minutes)"
+  cargo install cargo-pgrx --version "${PGRX_VERSION}" --locked --quiet
+fi
+
+PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}"
+if grep -qs "pg${PG_MAJOR} = \"${PG_CONFIG}\"" "${PGRX_HOME}/config.toml"; then
+  log "cargo pgrx already initialised against ${PG_CONFIG}"
+else
+  log "cargo pgrx init --pg${PG_MAJOR} ${PG_CONFIG}"
+  cargo pgrx init --pg${PG_MAJOR} "${PG_CONFIG}"
+fi
+
+# `cargo pgrx install` writes into the server's lib and extension directories.
+log "done"

@@ -1,0 +1,30 @@
+-- Privileges. Runs after every other object of the extension exists.
+--
+-- Nothing is granted to PUBLIC: functions are executable by PUBLIC by default, so that is
+-- revoked first and each role gets exactly what it needs.
+
+REVOKE ALL ON SCHEMA orders_sync FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA orders_sync FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA orders_sync TO orders_sync_monitor;
+
+-- Monitor: read everything but credentials.
+GRANT SELECT ON
+    orders_sync.pipelines,
+    orders_sync.store_master,
+    orders_sync.pipeline_run_summaries,
+    orders_sync.orders_sync_log,
+    orders_sync.records,
+    orders_sync.kpi_facts_daily,
+    orders_sync.td_orders,
+    orders_sync.td_sales,
+    orders_sync.uc_gst
+TO orders_sync_monitor;
+
+-- CHECK constraints call it, so every role that writes pipelines must be able to.
+GRANT EXECUTE ON FUNCTION orders_sync.check_timezone(text) TO orders_sync_monitor;
+
+-- Admin (a member of monitor): configure pipelines, stores and credentials.
+GRANT INSERT, UPDATE, DELETE ON orders_sync.pipelines, orders_sync.store_master TO orders_sync_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON orders_sync.pipeline_credentials TO orders_sync_admin;
+GRANT USAGE ON SEQUENCE orders_sync.pipelines_id_seq TO orders_sync_admin;

@@ -1,0 +1,43 @@
+//! orders_sync: keeps per-store order data in sync with HTTP sources, from inside PostgreSQL.
+//!
+//! The modules follow the pipeline: plan → queue → fetch → write → observe.
+//! This file only wires them together; the schema itself lives in `sql/`.
+
+use pgrx::prelude::*;
+
+mod clock;
+mod errors;
+mod gucs;
+
+::pgrx::pg_module_magic!(name, version);
+
+// Tables, indexes, triggers and built-in rows. Needs `check_timezone` for a CHECK constraint.
+extension_sql_file!("../sql/schema.sql", name = "schema", requires = [clock::check_timezone]);
+// Typed per-stream views over the records store.
+extension_sql_file!("../sql/views.sql", name = "views", requires = ["schema"]);
+// Privileges: runs last so that it sees every function pgrx generated.
+extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+// SQL-level tests run by `cargo pgrx test`; each file wraps its tests in `#[pg_schema] mod tests`.
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+/// Required by `cargo pgrx test`: the test cluster preloads pg_cron and orders_sync.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![
+            "shared_preload_libraries = 'pg_cron,orders_sync'",
+            "cron.database_name = 'pgrx_tests'",
+            "orders_sync.database = 'pgrx_tests'",
+        ]
+    }
+}
