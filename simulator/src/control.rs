@@ -1,0 +1,587 @@
+//! Shared state and the control API's knobs.
+//!
+//! Tests change the source between sync runs through `/_control/*`: generation parameters,
+//! late rows, deletions, changes, fault rules, and a log of data requests. Handlers here take
+//! a JSON body and return a JSON value or a message for a 400, so `http.rs` only routes.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::data::{parse_date, Dataset};
+
+/// Largest rows-per-day a test may configure (ids keep sorting within 7 digits).
+const MAX_ROWS_PER_DAY: u32 = 10_000_000;
+/// How many data requests `/_control/requests` remembers.
+const LOG_CAPACITY: usize = 1000;
+
+/// Values from the command line; `reset` goes back to these.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub seed: u64,
+    pub rows_per_day: u32,
+    pub token: Option<String>,
+    pub max_page_size: usize,
+}
+
+pub struct App {
+    pub settings: Settings,
+    data: RwLock<Dataset>,
+    faults: Mutex<Faults>,
+    log: Mutex<RequestLog>,
+}
+
+// A panic while a lock is held (there should be none) must not wedge every later request, so
+// poisoned locks are used as they are: the data inside is still consistent for our writes.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl App {
+    pub fn new(settings: Settings) -> Self {
+        App {
+            data: RwLock::new(Dataset::new(settings.seed, settings.rows_per_day)),
+            settings,
+            faults: Mutex::new(Faults::default()),
+            log: Mutex::new(RequestLog::default()),
+        }
+    }
+
+    pub fn data(&self) -> RwLockReadGuard<'_, Dataset> {
+        self.data.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn data_mut(&self) -> RwLockWriteGuard<'_, Dataset> {
+        self.data.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The first matching fault rule, consuming one of its `times`.
+    pub fn take_fault(&self, store: &str, stream: &str, page: u64) -> Option<FaultAction> {
+        lock(&self.faults).take(store, stream, page)
+    }
+
+    pub fn log_request(&self, path: &str, query: &str, status: u16, authorization: bool) {
+        let mut log = lock(&self.log);
+        log.total += 1;
+        *log.by_status.entry(status).or_default() += 1;
+        if log.recent.len() == LOG_CAPACITY {
+            log.recent.pop_front();
+        }
+        log.recent.push_back(LoggedRequest {
+            path: path.to_owned(),
+            query: query.to_owned(),
+            status,
+            authorization,
+        });
+    }
+
+    // ---- control endpoints -------------------------------------------------------------
+
+    pub fn reset(&self) -> Value {
+        *self.data_mut() = Dataset::new(self.settings.seed, self.settings.rows_per_day);
+        lock(&self.faults).rules.clear();
+        *lock(&self.log) = RequestLog::default();
+        json!({"ok": true})
+    }
+
+    pub fn config_json(&self) -> Value {
+        let d = self.data();
+        json!({
+            "seed": d.seed,
+            "rows_per_day": d.rows_per_day,
+            "store_rows_per_day": d.store_rows_per_day,
+            "max_page_size": self.settings.max_page_size,
+            "token_required": self.settings.token.is_some(),
+        })
+    }
+
+    /// Fields given replace current values; `store_rows_per_day` replaces the whole map.
+    pub fn set_config(&self, body: &[u8]) -> Result<Value, String> {
+        let b: ConfigBody = parse_body(body)?;
+        let too_big = |v: u32| v > MAX_ROWS_PER_DAY;
+        if b.rows_per_day.is_some_and(too_big)
+            || b.store_rows_per_day
+                .as_ref()
+                .is_some_and(|m| m.values().copied().any(too_big))
+        {
+            return Err(format!("rows per day must be <= {MAX_ROWS_PER_DAY}"));
+        }
+        if let Some(m) = &b.store_rows_per_day {
+            if let Some(bad) = m.keys().find(|s| !valid_store(s)) {
+                return Err(format!("invalid store code {bad:?}"));
+            }
+        }
+        {
+            let mut d = self.data_mut();
+            if let Some(v) = b.rows_per_day {
+                d.rows_per_day = v;
+            }
+            if let Some(m) = b.store_rows_per_day {
+                d.store_rows_per_day = m;
+            }
+            if let Some(s) = b.seed {
+                d.seed = s;
+            }
+        }
+        Ok(self.config_json())
+    }
+
+    pub fn late_rows(&self, body: &[u8]) -> Result<Value, String> {
+        let b: RowsBody = parse_body(body)?;
+        let (day, count) = (b.day()?, b.count()?);
+        let mut d = self.data_mut();
+        let e = d.day_edits_mut(&b.store, &b.stream, day);
+        e.late = e.late.saturating_add(count).min(MAX_ROWS_PER_DAY);
+        drop(d);
+        Ok(json!({"ok": true, "rows": self.present(&b, day)}))
+    }
+
+    /// By count: the first `count` rows still present that day. By ids: those ids (unknown or
+    /// already deleted ids are reported back, not an error).
+    pub fn delete_rows(&self, body: &[u8]) -> Result<Value, String> {
+        let b: RowsBody = parse_body(body)?;
+        let day = b.day()?;
+        let mut d = self.data_mut();
+        let (targets, not_found) = {
+            let v = d.view(&b.store, &b.stream);
+            let ctx = v.day(day);
+            match (&b.ids, b.count) {
+                (Some(ids), None) => {
+                    let mut found = Vec::new();
+                    let mut missing = Vec::new();
+                    for id in ids {
+                        match v.parse_id(&ctx, id) {
+                            Some(n)
+                                if n < ctx.total && !ctx.is_deleted(n) && !found.contains(&n) =>
+                            {
+                                found.push(n)
+                            }
+                            _ => missing.push(id.clone()),
+                        }
+                    }
+                    (found, missing)
+                }
+                (None, Some(count)) => {
+                    let present = (0..ctx.total).filter(|&n| !ctx.is_deleted(n));
+                    (present.take(count as usize).collect(), Vec::new())
+                }
+                _ => return Err("give exactly one of \"count\" or \"ids\"".into()),
+            }
+        };
+        let deleted = targets.len();
+        d.day_edits_mut(&b.store, &b.stream, day)
+            .deleted
+            .extend(targets);
+        drop(d);
+        Ok(
+            json!({"ok": true, "deleted": deleted, "not_found": not_found, "rows": self.present(&b, day)}),
+        )
+    }
+
+    /// The first `count` rows still present that day get their next payload version.
+    pub fn change_rows(&self, body: &[u8]) -> Result<Value, String> {
+        let b: RowsBody = parse_body(body)?;
+        let (day, count) = (b.day()?, b.count()?);
+        let mut d = self.data_mut();
+        let targets: Vec<u32> = {
+            let ctx = d.view(&b.store, &b.stream).day(day);
+            (0..ctx.total)
+                .filter(|&n| !ctx.is_deleted(n))
+                .take(count as usize)
+                .collect()
+        };
+        let e = d.day_edits_mut(&b.store, &b.stream, day);
+        for n in &targets {
+            let v = e.versions.entry(*n).or_default();
+            *v = v.saturating_add(1);
+        }
+        Ok(json!({"ok": true, "changed": targets.len()}))
+    }
+
+    pub fn add_fault(&self, body: &[u8]) -> Result<Value, String> {
+        let spec: FaultSpec = parse_body(body)?;
+        let rule = FaultRule::from_spec(spec)?;
+        let mut f = lock(&self.faults);
+        f.next_id += 1;
+        let id = f.next_id;
+        f.rules.push(FaultRule { id, ..rule });
+        Ok(json!({"id": id}))
+    }
+
+    /// Active rules with what is left of their `times` (null = forever).
+    pub fn faults_json(&self) -> Value {
+        let f = lock(&self.faults);
+        let rules: Vec<Value> = f
+            .rules
+            .iter()
+            .map(|r| {
+                json!({"id": r.id, "store": r.store, "stream": r.stream, "page": r.page,
+                       "kind": r.action.kind, "remaining": r.remaining})
+            })
+            .collect();
+        json!({"rules": rules})
+    }
+
+    pub fn clear_faults(&self) -> Value {
+        lock(&self.faults).rules.clear();
+        json!({"ok": true})
+    }
+
+    pub fn requests_json(&self) -> Value {
+        let log = lock(&self.log);
+        let by_status: BTreeMap<String, u64> = log
+            .by_status
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        json!({"total": log.total, "by_status": by_status, "recent": log.recent})
+    }
+
+    fn present(&self, b: &RowsBody, day: i32) -> u32 {
+        self.data().view(&b.store, &b.stream).day(day).present()
+    }
+}
+
+// ---- request log -----------------------------------------------------------------------
+
+#[derive(Default)]
+struct RequestLog {
+    total: u64,
+    by_status: BTreeMap<u16, u64>,
+    recent: VecDeque<LoggedRequest>,
+}
+
+/// Whether an Authorization header was sent is recorded, never its value.
+#[derive(Serialize)]
+struct LoggedRequest {
+    path: String,
+    query: String,
+    status: u16,
+    authorization: bool,
+}
+
+// ---- faults ------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    Status,
+    Timeout,
+    Slow,
+    Malformed,
+    BadRecord,
+    Huge,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultSpec {
+    store: Option<String>,
+    stream: Option<String>,
+    page: Option<u64>,
+    kind: FaultKind,
+    status: Option<u16>,
+    retry_after: Option<u64>,
+    delay_ms: Option<u64>,
+    size_bytes: Option<u64>,
+    times: Option<u64>,
+}
+
+/// What a fired rule asks the data handler to do.
+#[derive(Debug, Clone)]
+pub struct FaultAction {
+    pub kind: FaultKind,
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub delay: Duration,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+struct FaultRule {
+    id: u64,
+    store: Option<String>,
+    stream: Option<String>,
+    page: Option<u64>,
+    /// None = fires forever.
+    remaining: Option<u64>,
+    action: FaultAction,
+}
+
+impl FaultRule {
+    fn from_spec(s: FaultSpec) -> Result<Self, String> {
+        let status = s.status.unwrap_or(500);
+        // 1xx are not final responses; hyper cannot send them as one.
+        if !(200..=599).contains(&status) {
+            return Err("status must be 200..=599".into());
+        }
+        if s.times == Some(0) {
+            return Err("times must be >= 1, or null for forever".into());
+        }
+        let default_delay = match s.kind {
+            FaultKind::Timeout => 30_000,
+            _ => 1_000,
+        };
+        Ok(FaultRule {
+            id: 0,
+            store: s.store,
+            stream: s.stream,
+            page: s.page,
+            remaining: s.times,
+            action: FaultAction {
+                kind: s.kind,
+                status,
+                retry_after: s.retry_after,
+                delay: Duration::from_millis(s.delay_ms.unwrap_or(default_delay)),
+                size_bytes: s.size_bytes.unwrap_or(64 << 20),
+            },
+        })
+    }
+
+    fn matches(&self, store: &str, stream: &str, page: u64) -> bool {
+        self.store.as_deref().is_none_or(|s| s == store)
+            && self.stream.as_deref().is_none_or(|s| s == stream)
+            && self.page.is_none_or(|p| p == page)
+    }
+}
+
+#[derive(Default)]
+struct Faults {
+    next_id: u64,
+    rules: Vec<FaultRule>,
+}
+
+impl Faults {
+    /// Rules are tried in the order they were added; a rule that has used up its `times` is
+    /// dropped so a later, more general rule can take over.
+    fn take(&mut self, store: &str, stream: &str, page: u64) -> Option<FaultAction> {
+        let i = self
+            .rules
+            .iter()
+            .position(|r| r.matches(store, stream, page))?;
+        let rule = &mut self.rules[i];
+        let action = rule.action.clone();
+        if let Some(left) = rule.remaining.as_mut() {
+            *left -= 1;
+            if *left == 0 {
+                self.rules.remove(i);
+            }
+        }
+        Some(action)
+    }
+}
+
+// ---- bodies and validation ---------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigBody {
+    rows_per_day: Option<u32>,
+    store_rows_per_day: Option<HashMap<String, u32>>,
+    seed: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RowsBody {
+    store: String,
+    stream: String,
+    date: String,
+    count: Option<u32>,
+    ids: Option<Vec<String>>,
+}
+
+impl RowsBody {
+    fn day(&self) -> Result<i32, String> {
+        if !valid_store(&self.store) {
+            return Err(format!("invalid store code {:?}", self.store));
+        }
+        if !valid_stream(&self.stream) {
+            return Err(format!(
+                "invalid stream {:?} (want [a-z_]{{1,32}})",
+                self.stream
+            ));
+        }
+        parse_date(&self.date)
+            .ok_or_else(|| format!("invalid date {:?} (want YYYY-MM-DD)", self.date))
+    }
+
+    fn count(&self) -> Result<u32, String> {
+        self.count
+            .ok_or_else(|| "\"count\" is required".to_string())
+    }
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("bad JSON body: {e}"))
+}
+
+/// Streams are `[a-z_]{1,32}` (the real ones: orders, sales, gst).
+pub fn valid_stream(s: &str) -> bool {
+    (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
+/// Store codes are any text of 1..=64 bytes without control characters (they are escaped in
+/// JSON output, so quotes and the like are harmless).
+pub fn valid_store(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && !s.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app() -> App {
+        App::new(Settings {
+            seed: 42,
+            rows_per_day: 10,
+            token: None,
+            max_page_size: 100,
+        })
+    }
+
+    fn add(app: &App, body: &str) -> u64 {
+        let v = app.add_fault(body.as_bytes()).expect("rule accepted");
+        v["id"].as_u64().expect("id")
+    }
+
+    #[test]
+    fn faults_match_store_stream_page_and_honour_times() {
+        let a = app();
+        add(
+            &a,
+            r#"{"store":"S1","stream":"sales","page":2,"kind":"status","status":503,"retry_after":1,"times":2}"#,
+        );
+        // Wrong store / stream / page: nothing.
+        assert!(a.take_fault("S2", "sales", 2).is_none());
+        assert!(a.take_fault("S1", "orders", 2).is_none());
+        assert!(a.take_fault("S1", "sales", 1).is_none());
+        // Fires exactly twice.
+        let f = a.take_fault("S1", "sales", 2).expect("first");
+        assert_eq!(
+            (f.kind, f.status, f.retry_after),
+            (FaultKind::Status, 503, Some(1))
+        );
+        assert!(a.take_fault("S1", "sales", 2).is_some());
+        assert!(a.take_fault("S1", "sales", 2).is_none());
+        // Wildcards and forever.
+        add(&a, r#"{"kind":"slow","delay_ms":5}"#);
+        for p in 0..5 {
+            let f = a.take_fault("ANY", "gst", p).expect("forever");
+            assert_eq!(
+                (f.kind, f.delay),
+                (FaultKind::Slow, Duration::from_millis(5))
+            );
+        }
+        assert_eq!(a.faults_json()["rules"][0]["kind"], "slow");
+        assert!(a.faults_json()["rules"][0]["remaining"].is_null());
+        a.clear_faults();
+        assert!(a.take_fault("ANY", "gst", 0).is_none());
+    }
+
+    #[test]
+    fn earlier_rules_win_then_fall_through() {
+        let a = app();
+        let id1 = add(&a, r#"{"store":"S1","kind":"malformed","times":1}"#);
+        let id2 = add(&a, r#"{"kind":"huge","size_bytes":10}"#);
+        assert!(id2 > id1);
+        assert_eq!(
+            a.take_fault("S1", "orders", 0).map(|f| f.kind),
+            Some(FaultKind::Malformed)
+        );
+        let f = a.take_fault("S1", "orders", 0).expect("general rule");
+        assert_eq!((f.kind, f.size_bytes), (FaultKind::Huge, 10));
+    }
+
+    #[test]
+    fn bad_bodies_are_rejected() {
+        let a = app();
+        for body in [
+            r#"{"kind":"nope"}"#,
+            r#"{"kind":"status","status":42}"#,
+            r#"{"kind":"status","times":0}"#,
+            r#"{"kind":"status","colour":"red"}"#,
+            "not json",
+        ] {
+            assert!(a.add_fault(body.as_bytes()).is_err(), "{body}");
+        }
+        assert!(a
+            .late_rows(br#"{"store":"S1","stream":"Orders","date":"2024-01-01","count":1}"#)
+            .is_err());
+        assert!(a
+            .late_rows(br#"{"store":"S1","stream":"orders","date":"2024-1-1","count":1}"#)
+            .is_err());
+        assert!(a
+            .late_rows(br#"{"store":"S1","stream":"orders","date":"2024-01-01"}"#)
+            .is_err());
+        assert!(a
+            .delete_rows(
+                br#"{"store":"S1","stream":"orders","date":"2024-01-01","count":1,"ids":[]}"#
+            )
+            .is_err());
+        assert!(a.set_config(br#"{"rows_per_day":20000000}"#).is_err());
+    }
+
+    #[test]
+    fn edits_and_reset() {
+        let a = app();
+        let r = a.late_rows(br#"{"store":"S1","stream":"orders","date":"2024-01-01","count":5}"#);
+        assert_eq!(r.ok().map(|v| v["rows"].clone()), Some(json!(15)));
+        let r = a
+            .delete_rows(br#"{"store":"S1","stream":"orders","date":"2024-01-01","count":3}"#)
+            .expect("delete");
+        assert_eq!(
+            (r["deleted"].clone(), r["rows"].clone()),
+            (json!(3), json!(12))
+        );
+        let r = a
+            .delete_rows(br#"{"store":"S1","stream":"orders","date":"2024-01-01","ids":["orders-S1-20240101-000000","orders-S1-20240101-000003","orders-S1-20240101-000099"]}"#)
+            .expect("delete by id");
+        assert_eq!(r["deleted"], 1);
+        assert_eq!(
+            r["not_found"],
+            json!(["orders-S1-20240101-000000", "orders-S1-20240101-000099"])
+        );
+        // Changes skip deleted rows: rows 4 and 5 are the first two present.
+        let r = a
+            .change_rows(br#"{"store":"S1","stream":"orders","date":"2024-01-01","count":2}"#)
+            .expect("change");
+        assert_eq!(r["changed"], 2);
+        {
+            let d = a.data();
+            let day = parse_date("2024-01-01").unwrap_or(0);
+            let e = &d.edits["S1"]["orders"][&day];
+            assert_eq!(e.versions.keys().copied().collect::<Vec<_>>(), vec![4, 5]);
+        }
+        a.set_config(br#"{"rows_per_day":3,"store_rows_per_day":{"S9":7},"seed":1}"#)
+            .expect("config");
+        assert_eq!(a.config_json()["store_rows_per_day"]["S9"], 7);
+        a.reset();
+        let d = a.data();
+        assert!(d.edits.is_empty() && d.store_rows_per_day.is_empty());
+        assert_eq!((d.seed, d.rows_per_day), (42, 10));
+    }
+
+    #[test]
+    fn request_log_is_bounded_and_counts() {
+        let a = app();
+        for i in 0..1005u32 {
+            a.log_request(
+                "/v1/stores/S1/orders",
+                &format!("i={i}"),
+                if i % 2 == 0 { 200 } else { 500 },
+                true,
+            );
+        }
+        let v = a.requests_json();
+        assert_eq!(v["total"], 1005);
+        assert_eq!(v["by_status"]["200"], 503);
+        assert_eq!(v["by_status"]["500"], 502);
+        let recent = v["recent"].as_array().map(Vec::len);
+        assert_eq!(recent, Some(1000));
+        assert_eq!(v["recent"][999]["query"], "i=1004");
+    }
+}
