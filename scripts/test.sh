@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# THE test command of orders_sync (also what CI runs through .ci/run).
+#
+#   1. scripts/setup.sh            machine setup, fast when already done
+#   2. unit tests                  pure Rust: planner, fetch rules, simulator (cargo test)
+#   3. pgrx tests                  SQL-level tests inside a throw-away cluster (cargo pgrx test)
+#   4. integration tests           pg_test/ against a real cluster with pg_cron and orders_sync
+#                                  preloaded and the reference simulator over loopback
+#
+# Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
+# Env: ORDERS_SYNC_WORK (scratch dir, default /var/tmp/orders_sync), ORDERS_SYNC_IT_PORT.
+set -uo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+work="${ORDERS_SYNC_WORK:-/var/tmp/orders_sync}"
+pg_config=/usr/lib/postgresql/15/bin/pg_config
+it_port="${ORDERS_SYNC_IT_PORT:-54329}"
+it_db=orders_sync_it
+target="${CARGO_TARGET_DIR:-$repo/target}"
+log="$work/test-output.log"
+
+bash scripts/setup.sh || { echo "test.sh: setup failed" >&2; exit 1; }
+mkdir -p "$work"
+chown postgres: "$work" 2>/dev/null || true
+: > "$log"
+
+steps=()
+failed=0
+step() {
+  local name="$1"
+  shift
+  printf '\n==> %s\n' "$name"
+  if "$@" 2>&1 | tee -a "$log"; then
+    steps+=("ok      $name")
+  else
+    steps+=("FAILED  $name")
+    failed=1
+  fi
+}
+
+# The extension .so is installed into the system PostgreSQL; concurrent installs (another
+# checkout's test run) would swap it under a running cluster, so installs hold this lock.
+locked() { flock "$work/pgrx.lock" "$@"; }
+
+integration() {
+  cargo build --release -p orders_sync_simulator --bin orders_sync_simulator || return 1
+  locked bash -c '
+    set -euo pipefail
+    cargo pgrx install --pg-config "$0" >/dev/null
+    trap "scripts/pg_cluster.sh stop \"$1/it\"" EXIT
+    dsn=$(scripts/pg_cluster.sh start "$1/it" "$2" "$3" "fsync = off" "synchronous_commit = off")
+    ORDERS_SYNC_TEST_DSN="$dsn" \
+    ORDERS_SYNC_TEST_DIR="$1/it" \
+    ORDERS_SYNC_SIMULATOR="$4/release/orders_sync_simulator" \
+      cargo test -p orders_sync_pg_test -- --test-threads=1
+  ' "$pg_config" "$work" "$it_port" "$it_db" "$target"
+}
+
+step "unit tests (extension, pure)" cargo test -p orders_sync --lib -- --skip pg_tests::
+step "unit tests (simulator)" cargo test -p orders_sync_simulator
+step "pgrx tests" locked cargo pgrx test pg15 --runas postgres --pgdata "$work/pgrx-data"
+step "integration tests" integration
+
+passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failures=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+printf '\n==> summary\n'
+printf '  %s\n' "${steps[@]}"
+if [ "$failed" -ne 0 ] && [ "$failures" -eq 0 ]; then failures=1; fi
+echo "total: $passed passed, $failures failed"
+exit "$failed"
