@@ -50,7 +50,10 @@ integration() {
     set -euo pipefail
     cargo pgrx install --pg-config "$0" >/dev/null
     trap "scripts/pg_cluster.sh stop \"$1/it\"" EXIT
-    dsn=$(scripts/pg_cluster.sh start "$1/it" "$2" "$3" "fsync = off" "synchronous_commit = off")
+    scripts/pg_cluster.sh stop "$1/it"
+    rm -rf "$1/it"  # a fresh cluster: the extension under test is created anew
+    dsn=$(scripts/pg_cluster.sh start "$1/it" "$2" "$3" "fsync = off" "synchronous_commit = off" \
+      "orders_sync.http_retry_base_delay = 20ms")
     ORDERS_SYNC_TEST_DSN="$dsn" \
     ORDERS_SYNC_TEST_DIR="$1/it" \
     ORDERS_SYNC_SIMULATOR="$4/release/orders_sync_simulator" \

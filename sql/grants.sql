@@ -28,3 +28,8 @@ GRANT EXECUTE ON FUNCTION orders_sync.check_timezone(text) TO orders_sync_monito
 GRANT INSERT, UPDATE, DELETE ON orders_sync.pipelines, orders_sync.store_master TO orders_sync_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON orders_sync.pipeline_credentials TO orders_sync_admin;
 GRANT USAGE ON SEQUENCE orders_sync.pipelines_id_seq TO orders_sync_admin;
+
+GRANT SELECT ON orders_sync.sync_jobs, orders_sync.window_pages TO orders_sync_monitor;
+
+-- Running syncs is the admin's job.
+GRANT EXECUTE ON FUNCTION orders_sync.sync_window(text, text, date, date, boolean, boolean, text) TO orders_sync_admin;

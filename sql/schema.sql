@@ -264,3 +264,74 @@ SELECT pg_catalog.pg_extension_config_dump('orders_sync.orders_sync_log', '');
 SELECT pg_catalog.pg_extension_config_dump('orders_sync.orders_sync_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('orders_sync.records', '');
 SELECT pg_catalog.pg_extension_config_dump('orders_sync.kpi_facts_daily', '');
+
+------------------------------------------------------------------------------------------
+-- The job queue: one row per window a run (or a manual sync_window call) wants fetched.
+-- A window is never queued twice while one is queued or running: the partial unique index
+-- is what makes seed 001's 207 duplicate jobs impossible, whatever the callers do.
+------------------------------------------------------------------------------------------
+CREATE TABLE orders_sync.sync_jobs (
+    id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id        VARCHAR(64) NOT NULL REFERENCES orders_sync.pipeline_run_summaries (run_id) ON DELETE CASCADE,
+    pipeline_id   BIGINT NOT NULL REFERENCES orders_sync.pipelines (id),
+    store_code    VARCHAR(8) COLLATE "C" NOT NULL,
+    from_date     DATE NOT NULL,
+    to_date       DATE NOT NULL,
+    streams       TEXT[] NOT NULL,
+    reason        TEXT NOT NULL DEFAULT 'manual',
+    status        TEXT NOT NULL DEFAULT 'queued'
+        CONSTRAINT sync_jobs_status_known
+        CHECK (status IN ('queued', 'running', 'success', 'partial', 'failed', 'skipped')),
+    log_id        BIGINT REFERENCES orders_sync.orders_sync_log (id) ON DELETE SET NULL,
+    worker_pid    INTEGER,
+    heartbeat_at  TIMESTAMPTZ,
+    started_at    TIMESTAMPTZ,
+    finished_at   TIMESTAMPTZ,
+    pages_done    INTEGER NOT NULL DEFAULT 0,
+    rows_written  BIGINT NOT NULL DEFAULT 0,
+    error_message TEXT,
+    created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT sync_jobs_window_ordered CHECK (from_date <= to_date)
+);
+
+COMMENT ON TABLE orders_sync.sync_jobs IS
+    'Windows to fetch, one row per run and window: queued -> running -> success | partial | failed (or skipped).';
+
+CREATE UNIQUE INDEX uq_sync_jobs_active_window
+    ON orders_sync.sync_jobs (pipeline_id, store_code, from_date, to_date)
+    WHERE status IN ('queued', 'running');
+CREATE INDEX ix_sync_jobs_run ON orders_sync.sync_jobs (run_id, status);
+
+CREATE TRIGGER sync_jobs_touch_updated_at
+    BEFORE UPDATE ON orders_sync.sync_jobs
+    FOR EACH ROW EXECUTE FUNCTION orders_sync.touch_updated_at();
+
+------------------------------------------------------------------------------------------
+-- Progress of windows not yet completed: one row per committed page, written in the same
+-- transaction as the page's records. The last page of a stream holds the cursor to resume
+-- from; record_ids tell, at completion, which records the source no longer returns.
+-- Rows are removed when the window completes (whatever its status); an interrupted window
+-- keeps them, so its next attempt resumes from the saved cursor (seed 001).
+------------------------------------------------------------------------------------------
+CREATE TABLE orders_sync.window_pages (
+    pipeline_id     BIGINT NOT NULL,
+    store_code      VARCHAR(8) COLLATE "C" NOT NULL,
+    from_date       DATE NOT NULL,
+    to_date         DATE NOT NULL,
+    stream          TEXT COLLATE "C" NOT NULL,
+    page_no         INTEGER NOT NULL,
+    next_page_token TEXT,
+    row_count       INTEGER NOT NULL,
+    record_ids      TEXT[] COLLATE "C" NOT NULL,
+    job_id          BIGINT,
+    written_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT window_pages_pkey PRIMARY KEY (pipeline_id, store_code, from_date, to_date, stream, page_no)
+);
+
+COMMENT ON TABLE orders_sync.window_pages IS
+    'Committed pages of windows in progress: resume cursor (next_page_token) and the record ids seen.';
+
+SELECT pg_catalog.pg_extension_config_dump('orders_sync.sync_jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('orders_sync.sync_jobs_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('orders_sync.window_pages', '');

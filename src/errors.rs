@@ -35,3 +35,10 @@ impl SqlError {
         unreachable!("ERROR does not return")
     }
 }
+
+impl SqlError {
+    /// Something that should not happen did (an SPI failure, a worker that died).
+    pub fn internal(message: impl Into<String>) -> Self {
+        SqlError { code: PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, message: message.into(), hint: None }
+    }
+}

@@ -7,7 +7,13 @@ use pgrx::prelude::*;
 
 mod clock;
 mod errors;
+mod fetch;
 mod gucs;
+mod outcome;
+mod plan;
+mod queue;
+mod worker;
+mod write;
 
 ::pgrx::pg_module_magic!(name, version);
 

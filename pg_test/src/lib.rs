@@ -42,8 +42,22 @@ where
 {
     client
         .query_one(query, &[])
-        .unwrap_or_else(|error| panic!("{query}: {error}"))
+        .unwrap_or_else(|error| panic!("{query}: {}", describe(&error)))
         .get(0)
+}
+
+/// An error as a DBA would read it in psql: message, detail, hint.
+pub fn describe(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!(
+            "{}: {}{}{}",
+            db.severity(),
+            db.message(),
+            db.detail().map(|d| format!(" DETAIL: {d}")).unwrap_or_default(),
+            db.hint().map(|h| format!(" HINT: {h}")).unwrap_or_default()
+        ),
+        None => error.to_string(),
+    }
 }
 
 /// The message of the error `statement` fails with; panics if it succeeds.
@@ -54,5 +68,73 @@ pub fn error_of(client: &mut Client, statement: &str) -> String {
             .as_db_error()
             .map(|db| db.message().to_string())
             .unwrap_or_else(|| error.to_string()),
+    }
+}
+
+/// The reference source simulator, started as a child process on an ephemeral loopback port
+/// and stopped when dropped.
+pub struct Simulator {
+    child: std::process::Child,
+    pub base_url: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Simulator {
+    /// Starts `$ORDERS_SYNC_SIMULATOR` (built by scripts/test.sh) with extra arguments.
+    pub fn start(args: &[&str]) -> Simulator {
+        use std::io::BufRead;
+        let binary = std::env::var("ORDERS_SYNC_SIMULATOR")
+            .unwrap_or_else(|_| panic!("ORDERS_SYNC_SIMULATOR is not set: run the integration tests through scripts/test.sh"));
+        let mut child = std::process::Command::new(&binary)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start simulator {binary}: {error}"));
+        let stdout = child.stdout.take().expect("simulator stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("simulator banner");
+        let address = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected simulator banner {line:?}"))
+            .to_string();
+        Simulator { child, base_url: format!("http://{address}"), http: reqwest::blocking::Client::new() }
+    }
+
+    /// POSTs a control request (`/_control/...`) and returns the JSON answer.
+    pub fn control(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .json(&body)
+            .send()
+            .unwrap_or_else(|error| panic!("simulator {path}: {error}"));
+        assert!(response.status().is_success(), "simulator {path}: {}", response.status());
+        response.json().unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .and_then(|response| response.json())
+            .unwrap_or_else(|error| panic!("simulator {path}: {error}"))
+    }
+
+    /// What the source holds now for a store, stream and window: (count, exact amount sum).
+    pub fn truth(&self, store: &str, stream: &str, from: &str, to: &str) -> (i64, String) {
+        let truth = self.get(&format!("/_truth/stores/{store}/{stream}?from={from}&to={to}"));
+        (
+            truth["count"].as_i64().expect("truth count"),
+            truth["amount_sum"].as_str().expect("truth amount_sum").to_string(),
+        )
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

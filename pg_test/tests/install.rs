@@ -99,6 +99,7 @@ fn pg_dump_keeps_user_rows_of_extension_tables() {
         &mut db,
         "SELECT cardinality(extconfig)::bigint FROM pg_extension WHERE extname = 'orders_sync'",
     );
-    // pipelines, its sequence, credentials, stores, runs, log, its sequence, records, kpi facts
-    assert_eq!(dumped, 9);
+    // pipelines, its sequence, credentials, stores, runs, log, its sequence, records, kpi facts,
+    // jobs, their sequence, window pages
+    assert_eq!(dumped, 12);
 }

@@ -1,1 +1,2 @@
 mod schema;
+mod plan;

@@ -1,0 +1,469 @@
+//! What can go wrong fetching a page, worded for the DBA reading `error_message`.
+//!
+//! Every message is built from values we produced or from server-supplied text that went
+//! through [`scrub`]: a hostile source may echo the request headers back, token included.
+
+use std::borrow::Cow;
+
+/// What replaces the token wherever it shows up in server-supplied text.
+pub(crate) const REDACTED: &str = "[redacted]";
+/// Longest piece of an error response quoted in a message, in characters.
+const SNIPPET_CHARS: usize = 200;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("invalid source settings: {0}")]
+    Settings(String),
+
+    #[error("invalid page request: {0}")]
+    Request(String),
+
+    /// Any status other than 200 (redirects are not followed).
+    #[error("source answered HTTP {status_text}{}{}", colon(.snippet), attempts_note(*.attempts))]
+    Status {
+        status: u16,
+        status_text: String,
+        snippet: String,
+        attempts: u32,
+    },
+
+    #[error("timed out {phase} after {limit_ms} ms{}", attempts_note(*.attempts))]
+    Timeout {
+        phase: &'static str,
+        limit_ms: u64,
+        attempts: u32,
+    },
+
+    #[error("cannot connect to the source: {detail}{}", attempts_note(*.attempts))]
+    Connect { detail: String, attempts: u32 },
+
+    /// The connection broke while sending the request or reading the response.
+    #[error("HTTP exchange with the source failed: {detail}{}", attempts_note(*.attempts))]
+    Transport { detail: String, attempts: u32 },
+
+    #[error(
+        "source response is larger than the limit of {limit} bytes{}{}",
+        declared(*.content_length),
+        attempts_note(*.attempts)
+    )]
+    TooLarge {
+        limit: u64,
+        content_length: Option<u64>,
+        attempts: u32,
+    },
+
+    /// Not JSON at all, or cut short; `detail` is serde's message with line and column.
+    #[error("malformed JSON in source response: {detail}{}", attempts_note(*.attempts))]
+    MalformedJson {
+        detail: String,
+        line: usize,
+        column: usize,
+        attempts: u32,
+    },
+
+    /// Valid JSON, wrong shape: no `data` array, a bad `next_page_token`, ...
+    #[error("invalid source response: {reason}{}", attempts_note(*.attempts))]
+    InvalidPage { reason: String, attempts: u32 },
+
+    /// One record broke the contract; the whole page is rejected. `index` counts from 0.
+    #[error(
+        "invalid record at index {index}{} in source response: {field} {reason}{}",
+        id_note(.id),
+        attempts_note(*.attempts)
+    )]
+    InvalidRecord {
+        index: usize,
+        id: Option<String>,
+        field: &'static str,
+        reason: String,
+        attempts: u32,
+    },
+
+    /// `should_stop` returned true.
+    #[error("fetch stopped on request{}", attempts_note(*.attempts))]
+    Cancelled { attempts: u32 },
+}
+
+fn colon(snippet: &str) -> String {
+    if snippet.is_empty() {
+        String::new()
+    } else {
+        format!(": {snippet}")
+    }
+}
+
+fn attempts_note(attempts: u32) -> String {
+    match attempts {
+        0 => String::new(),
+        1 => " (after 1 attempt)".to_owned(),
+        n => format!(" (after {n} attempts)"),
+    }
+}
+
+fn declared(content_length: Option<u64>) -> String {
+    content_length.map_or_else(String::new, |n| format!(" (Content-Length {n})"))
+}
+
+fn id_note(id: &Option<String>) -> String {
+    id.as_ref()
+        .map_or_else(String::new, |id| format!(" (id {id:?})"))
+}
+
+/// 408, 429 and 5xx may succeed later; any other status will not.
+pub fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
+}
+
+impl FetchError {
+    pub(crate) fn status(status: u16, reason: Option<&str>, snippet: String) -> Self {
+        FetchError::Status {
+            status,
+            status_text: match reason {
+                Some(reason) => format!("{status} {reason}"),
+                None => status.to_string(),
+            },
+            snippet,
+            attempts: 0,
+        }
+    }
+
+    /// Whether another attempt may succeed: 408/429/5xx, timeouts, connect and transport
+    /// errors. Parse and validation errors are deterministic and never retried.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            FetchError::Status { status, .. } => is_retryable_status(*status),
+            FetchError::Timeout { .. }
+            | FetchError::Connect { .. }
+            | FetchError::Transport { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Requests made before this error (0 when none was sent).
+    pub fn attempts(&self) -> u32 {
+        match self {
+            FetchError::Settings(_) | FetchError::Request(_) => 0,
+            FetchError::Status { attempts, .. }
+            | FetchError::Timeout { attempts, .. }
+            | FetchError::Connect { attempts, .. }
+            | FetchError::Transport { attempts, .. }
+            | FetchError::TooLarge { attempts, .. }
+            | FetchError::MalformedJson { attempts, .. }
+            | FetchError::InvalidPage { attempts, .. }
+            | FetchError::InvalidRecord { attempts, .. }
+            | FetchError::Cancelled { attempts } => *attempts,
+        }
+    }
+
+    /// The HTTP status, when the source answered with one other than 200.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            FetchError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// What the DBA can do about it, for the `HINT` of a report.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            FetchError::Settings(_) => "check the pipeline's base_url and token and the orders_sync.http_* settings",
+            FetchError::Request(_) | FetchError::Cancelled { .. } => return None,
+            FetchError::Status { status: 401 | 403, .. } => "check the pipeline's token",
+            FetchError::Status { status: 404, .. } => {
+                "check the pipeline's base_url, the store code and the stream name"
+            }
+            FetchError::Status { status, .. } if is_retryable_status(*status) => {
+                "the source kept failing; try again later or raise orders_sync.http_max_attempts"
+            }
+            FetchError::Status { .. } => "the source refused the request; its message says why",
+            FetchError::Timeout { .. } => {
+                "raise orders_sync.http_read_timeout or orders_sync.http_connect_timeout, or lower the pipeline's page size"
+            }
+            FetchError::Connect { .. } => {
+                "check the pipeline's base_url and that the source is reachable from the database server"
+            }
+            FetchError::Transport { .. } => "the connection to the source broke; try again",
+            FetchError::TooLarge { .. } => {
+                "lower the pipeline's page size or raise orders_sync.http_max_response_size"
+            }
+            FetchError::MalformedJson { .. }
+            | FetchError::InvalidPage { .. }
+            | FetchError::InvalidRecord { .. } => {
+                "the source broke the wire contract; nothing from this page was written"
+            }
+        })
+    }
+
+    pub(crate) fn with_attempts(mut self, n: u32) -> Self {
+        match &mut self {
+            FetchError::Settings(_) | FetchError::Request(_) => {}
+            FetchError::Status { attempts, .. }
+            | FetchError::Timeout { attempts, .. }
+            | FetchError::Connect { attempts, .. }
+            | FetchError::Transport { attempts, .. }
+            | FetchError::TooLarge { attempts, .. }
+            | FetchError::MalformedJson { attempts, .. }
+            | FetchError::InvalidPage { attempts, .. }
+            | FetchError::InvalidRecord { attempts, .. }
+            | FetchError::Cancelled { attempts } => *attempts = n,
+        }
+        self
+    }
+
+    /// The same error with `token` removed from every piece of text in it.
+    pub(crate) fn scrubbed(mut self, token: Option<&str>) -> Self {
+        let fix = |text: &mut String| *text = scrub(text, token);
+        match &mut self {
+            FetchError::Settings(text) | FetchError::Request(text) => fix(text),
+            FetchError::Status {
+                status_text,
+                snippet,
+                ..
+            } => {
+                fix(status_text);
+                fix(snippet);
+            }
+            FetchError::Connect { detail, .. }
+            | FetchError::Transport { detail, .. }
+            | FetchError::MalformedJson { detail, .. } => fix(detail),
+            FetchError::InvalidPage { reason, .. } => fix(reason),
+            FetchError::InvalidRecord { id, reason, .. } => {
+                if let Some(id) = id {
+                    fix(id);
+                }
+                fix(reason);
+            }
+            FetchError::Timeout { .. }
+            | FetchError::TooLarge { .. }
+            | FetchError::Cancelled { .. } => {}
+        }
+        self
+    }
+}
+
+/// `text` with every occurrence of `token` (as is, JSON-escaped, or with `\/` for `/`)
+/// replaced by [`REDACTED`].
+pub(crate) fn scrub(text: &str, token: Option<&str>) -> String {
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return text.to_owned();
+    };
+    let mut out = text.replace(token, REDACTED);
+    let mut forms = Vec::new();
+    if let Ok(quoted) = serde_json::to_string(token) {
+        forms.push(quoted[1..quoted.len() - 1].to_owned());
+    }
+    forms.push(token.replace('/', "\\/"));
+    for form in forms {
+        if form != token {
+            out = out.replace(&form, REDACTED);
+        }
+    }
+    out
+}
+
+/// A short, single-line, token-free excerpt of an error response for the message: the
+/// `error` (or `message`) string of a JSON object body, else the body text itself.
+pub(crate) fn body_snippet(body: &[u8], token: Option<&str>) -> String {
+    let raw = String::from_utf8_lossy(body);
+    let text: Cow<'_, str> = match serde_json::from_str::<serde_json::Value>(&raw) {
+        Ok(serde_json::Value::Object(object)) => ["error", "message"]
+            .iter()
+            .find_map(|key| object.get(*key).and_then(serde_json::Value::as_str))
+            .map_or(raw.clone(), |s| Cow::Owned(s.to_owned())),
+        _ => raw.clone(),
+    };
+    // Scrubbed before and after flattening, so whitespace games cannot reassemble the token.
+    let flat = scrub(&text, token)
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let flat = scrub(&flat, token);
+    match flat.char_indices().nth(SNIPPET_CHARS) {
+        Some((cut, _)) => format!("{}…", &flat[..cut]),
+        None => flat,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "tok/en-\"s3cret\"-42";
+
+    #[test]
+    fn messages_say_what_failed_and_how_often() {
+        let e = FetchError::status(500, Some("Internal Server Error"), "injected fault".into());
+        assert_eq!(
+            e.with_attempts(4).to_string(),
+            "source answered HTTP 500 Internal Server Error: injected fault (after 4 attempts)"
+        );
+        let e = FetchError::status(404, Some("Not Found"), String::new()).with_attempts(1);
+        assert_eq!(
+            e.to_string(),
+            "source answered HTTP 404 Not Found (after 1 attempt)"
+        );
+        let e = FetchError::TooLarge {
+            limit: 1024,
+            content_length: Some(5000),
+            attempts: 1,
+        };
+        assert_eq!(
+            e.to_string(),
+            "source response is larger than the limit of 1024 bytes (Content-Length 5000) (after 1 attempt)"
+        );
+        let e = FetchError::InvalidRecord {
+            index: 3,
+            id: Some("orders-1".into()),
+            field: "date",
+            reason: "is missing".into(),
+            attempts: 2,
+        };
+        assert_eq!(
+            e.to_string(),
+            "invalid record at index 3 (id \"orders-1\") in source response: date is missing (after 2 attempts)"
+        );
+        assert_eq!(
+            FetchError::Cancelled { attempts: 0 }.to_string(),
+            "fetch stopped on request"
+        );
+    }
+
+    #[test]
+    fn only_transient_failures_are_retryable() {
+        for status in [408, 429, 500, 502, 503, 504, 599] {
+            assert!(is_retryable_status(status), "{status}");
+        }
+        for status in [200, 204, 301, 400, 401, 403, 404, 410, 422] {
+            assert!(!is_retryable_status(status), "{status}");
+        }
+        let retryable = [
+            FetchError::Timeout {
+                phase: "x",
+                limit_ms: 1,
+                attempts: 0,
+            },
+            FetchError::Connect {
+                detail: "refused".into(),
+                attempts: 0,
+            },
+            FetchError::Transport {
+                detail: "reset".into(),
+                attempts: 0,
+            },
+        ];
+        assert!(retryable.iter().all(FetchError::is_retryable));
+        let final_ = [
+            FetchError::TooLarge {
+                limit: 1,
+                content_length: None,
+                attempts: 0,
+            },
+            FetchError::MalformedJson {
+                detail: "x".into(),
+                line: 1,
+                column: 1,
+                attempts: 0,
+            },
+            FetchError::InvalidPage {
+                reason: "x".into(),
+                attempts: 0,
+            },
+            FetchError::Cancelled { attempts: 0 },
+        ];
+        assert!(!final_.iter().any(FetchError::is_retryable));
+    }
+
+    #[test]
+    fn token_is_scrubbed_in_every_form() {
+        let escaped = serde_json::to_string(TOKEN).expect("json");
+        let texts = [
+            format!("Authorization: Bearer {TOKEN}"),
+            format!("{{\"echo\":{escaped}}}"),
+            format!("slash-escaped {}", TOKEN.replace('/', "\\/")),
+        ];
+        for text in texts {
+            let out = scrub(&text, Some(TOKEN));
+            assert!(!out.contains(TOKEN) && !out.contains("s3cret"), "{out}");
+            assert!(out.contains(REDACTED), "{out}");
+        }
+        assert_eq!(scrub("nothing here", Some(TOKEN)), "nothing here");
+        assert_eq!(scrub("no token configured", None), "no token configured");
+        assert_eq!(scrub("empty token", Some("")), "empty token");
+    }
+
+    #[test]
+    fn every_text_field_of_an_error_is_scrubbed() {
+        let errors = [
+            FetchError::status(400, Some("Bad Request"), format!("bad {TOKEN}")),
+            FetchError::Transport {
+                detail: format!("reset {TOKEN}"),
+                attempts: 1,
+            },
+            FetchError::MalformedJson {
+                detail: format!("near {TOKEN}"),
+                line: 1,
+                column: 2,
+                attempts: 1,
+            },
+            FetchError::InvalidPage {
+                reason: format!("token {TOKEN}"),
+                attempts: 1,
+            },
+            FetchError::InvalidRecord {
+                index: 0,
+                id: Some(TOKEN.into()),
+                field: "id",
+                reason: format!("is {TOKEN}"),
+                attempts: 1,
+            },
+        ];
+        for e in errors {
+            let text = e.scrubbed(Some(TOKEN)).to_string();
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+    }
+
+    #[test]
+    fn snippet_prefers_the_error_field_and_stays_short() {
+        let body = br#"{"error": "missing or\nwrong bearer token"}"#;
+        assert_eq!(body_snippet(body, None), "missing or wrong bearer token");
+        let long = "x".repeat(10_000);
+        let snippet = body_snippet(long.as_bytes(), None);
+        assert_eq!(snippet.chars().count(), SNIPPET_CHARS + 1);
+        assert!(snippet.ends_with('…'));
+        assert_eq!(
+            body_snippet(b"<html>\r\n<b>Bad\tGateway</b>\x00</html>", None),
+            "<html> <b>Bad Gateway</b> </html>"
+        );
+        assert_eq!(
+            body_snippet(b"\xff\xfe oops", None),
+            "\u{fffd}\u{fffd} oops"
+        );
+    }
+
+    #[test]
+    fn snippet_never_shows_an_echoed_token() {
+        // Long enough that a cut after the first 200 characters would split the token.
+        let padding = "p".repeat(SNIPPET_CHARS - 10);
+        let spaced = "a b-secret-token";
+        let bodies = [
+            format!("{padding}Bearer {TOKEN}"),
+            format!(
+                "{{\"error\": {}}}",
+                serde_json::to_string(&format!("you sent {TOKEN}")).expect("json")
+            ),
+            format!("{padding} Bearer {TOKEN}"),
+        ];
+        for body in bodies {
+            let snippet = body_snippet(body.as_bytes(), Some(TOKEN));
+            assert!(
+                !snippet.contains("s3cret") && !snippet.contains("Bearer tok"),
+                "{snippet}"
+            );
+        }
+        // A token with whitespace in it, echoed with its whitespace changed.
+        let snippet = body_snippet(b"got a \n b-secret-token", Some(spaced));
+        assert!(!snippet.contains("b-secret-token"), "{snippet}");
+    }
+}

@@ -1,0 +1,738 @@
+//! A 200 body, `{"data": [ {record}, ... ], "next_page_token": "<opaque>" | null}`, checked
+//! record by record. All or nothing: one bad record rejects the page.
+//!
+//! Records are borrowed as raw JSON text and only `id`, `date` and `amount` are looked at, so
+//! the payload is stored byte for byte as the source sent it and an amount keeps its exact
+//! decimal text (never an f64 round trip).
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{FetchError, PageRequest};
+
+/// Longest record id accepted, in bytes (after JSON unescaping).
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest `next_page_token` accepted, in bytes; it is saved as the job's cursor.
+pub const MAX_PAGE_TOKEN_BYTES: usize = 1024;
+/// Longest amount text accepted. With the exponent bound below, every accepted amount fits
+/// PostgreSQL's `numeric` (131072 digits before the point, 16383 after).
+const MAX_AMOUNT_CHARS: usize = 100;
+const MAX_AMOUNT_EXPONENT: i64 = 1000;
+/// Server-supplied text quoted in a message is cut to this many characters.
+const QUOTE_CHARS: usize = 40;
+
+/// One record of a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Unique per store and stream; 1 to 256 bytes, no NUL.
+    pub id: String,
+    /// The business date that places the record in a window; within the request's window.
+    pub date: NaiveDate,
+    /// The amount's JSON number text exactly as sent (`"341.35"`, `"-1.5e3"`); `None` for
+    /// `null` or an absent field. PostgreSQL's `numeric` input accepts every accepted form.
+    pub amount: Option<String>,
+    /// The record's JSON text, unchanged (valid JSON, an object, no `\u0000` escape).
+    pub payload: String,
+}
+
+/// One page, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// In the source's order. When an id occurs more than once in the page, only its last
+    /// occurrence is kept (a source that changed a row mid-page sent the newest last).
+    pub records: Vec<Record>,
+    /// The cursor for the next page; `None` when this was the last one.
+    pub next_page_token: Option<String>,
+    /// Requests it took, retries included (at least 1).
+    pub attempts: u32,
+    /// Size of the response body.
+    pub body_bytes: u64,
+    /// Records dropped because a later record of the page had the same id.
+    pub duplicate_ids: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object with \"data\" and \"next_page_token\"")]
+struct WirePage<'a> {
+    #[serde(borrow)]
+    data: Vec<&'a RawValue>,
+    #[serde(default, borrow)]
+    next_page_token: Option<&'a RawValue>,
+}
+
+/// The three fields we look at; everything else stays in the payload unexamined.
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+struct WireRecord<'a> {
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    date: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    amount: Option<&'a RawValue>,
+}
+
+/// Parses and validates a 200 body for `request`. `attempts` is left 0 for the caller.
+pub(crate) fn parse_page(body: &[u8], request: &PageRequest<'_>) -> Result<Page, FetchError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        let (line, column) = line_column(&body[..e.valid_up_to()]);
+        FetchError::MalformedJson {
+            detail: format!("invalid UTF-8 at line {line} column {column}"),
+            line,
+            column,
+            attempts: 0,
+        }
+    })?;
+    let wire: WirePage<'_> = serde_json::from_str(text).map_err(|e| json_error(&e))?;
+    let mut records = Vec::with_capacity(wire.data.len());
+    for (index, raw) in wire.data.iter().enumerate() {
+        records.push(parse_record(index, raw, request)?);
+    }
+    let next_page_token = match wire.next_page_token {
+        None => None,
+        Some(raw) => Some(parse_next_page_token(raw, request)?),
+    };
+    let duplicate_ids = keep_last_of_each_id(&mut records);
+    Ok(Page {
+        records,
+        next_page_token,
+        attempts: 0,
+        body_bytes: body.len() as u64,
+        duplicate_ids,
+    })
+}
+
+fn json_error(error: &serde_json::Error) -> FetchError {
+    match error.classify() {
+        // Valid JSON of the wrong shape: a missing `data`, a string where an array belongs.
+        serde_json::error::Category::Data => FetchError::InvalidPage {
+            reason: error.to_string(),
+            attempts: 0,
+        },
+        _ => FetchError::MalformedJson {
+            detail: error.to_string(),
+            line: error.line(),
+            column: error.column(),
+            attempts: 0,
+        },
+    }
+}
+
+/// 1-based line and column of the byte after `prefix`, as serde reports them.
+fn line_column(prefix: &[u8]) -> (usize, usize) {
+    let line = 1 + prefix.iter().filter(|&&b| b == b'\n').count();
+    let column = 1 + prefix.iter().rev().take_while(|&&b| b != b'\n').count();
+    (line, column)
+}
+
+fn parse_record(
+    index: usize,
+    raw: &RawValue,
+    request: &PageRequest<'_>,
+) -> Result<Record, FetchError> {
+    let invalid =
+        |id: Option<&str>, field: &'static str, reason: String| FetchError::InvalidRecord {
+            index,
+            id: id.map(str::to_owned),
+            field,
+            reason,
+            attempts: 0,
+        };
+    let kind = json_kind(raw);
+    if kind != "an object" {
+        return Err(invalid(
+            None,
+            "record",
+            format!("must be a JSON object, not {kind}"),
+        ));
+    }
+    let fields: WireRecord<'_> = serde_json::from_str(raw.get())
+        .map_err(|e| invalid(None, "record", format!("cannot be read: {e}")))?;
+
+    let id = match fields.id {
+        None => return Err(invalid(None, "id", "is missing or null".into())),
+        Some(raw_id) => {
+            let id = json_string(raw_id).map_err(|why| invalid(None, "id", why))?;
+            if id.is_empty() {
+                return Err(invalid(None, "id", "is empty".into()));
+            }
+            if id.len() > MAX_ID_BYTES {
+                let why = format!("is {} bytes long, more than {MAX_ID_BYTES}", id.len());
+                return Err(invalid(Some(&quote_cut(&id)), "id", why));
+            }
+            if id.contains('\0') {
+                return Err(invalid(None, "id", "contains a NUL character".into()));
+            }
+            id
+        }
+    };
+    let with_id = |field: &'static str, reason: String| invalid(Some(&id), field, reason);
+
+    let date = match fields.date {
+        None => return Err(with_id("date", "is missing or null".into())),
+        Some(raw_date) => {
+            let text = json_string(raw_date).map_err(|why| with_id("date", why))?;
+            let date = contract_date(&text).ok_or_else(|| {
+                with_id(
+                    "date",
+                    format!("{:?} is not a YYYY-MM-DD date", quote_cut(&text)),
+                )
+            })?;
+            if date < request.from || date > request.to {
+                let why = format!(
+                    "{date} is outside the window {}..{}",
+                    request.from, request.to
+                );
+                return Err(with_id("date", why));
+            }
+            date
+        }
+    };
+
+    let amount = match fields.amount {
+        None => None,
+        Some(raw_amount) => match json_kind(raw_amount) {
+            "a number" => {
+                Some(check_amount(raw_amount.get()).map_err(|why| with_id("amount", why))?)
+            }
+            other => {
+                return Err(with_id(
+                    "amount",
+                    format!("must be a number or null, not {other}"),
+                ))
+            }
+        },
+    };
+
+    if has_nul_escape(raw.get()) {
+        let why = "contains \\u0000, which PostgreSQL cannot store".to_owned();
+        return Err(with_id("record", why));
+    }
+    Ok(Record {
+        id,
+        date,
+        amount,
+        payload: raw.get().to_owned(),
+    })
+}
+
+fn parse_next_page_token(raw: &RawValue, request: &PageRequest<'_>) -> Result<String, FetchError> {
+    let invalid = |reason: String| FetchError::InvalidPage {
+        reason: format!("next_page_token {reason}"),
+        attempts: 0,
+    };
+    let token = json_string(raw).map_err(|why| invalid(format!("{why} (null ends the window)")))?;
+    if token.is_empty() {
+        return Err(invalid("is empty (null ends the window)".into()));
+    }
+    if token.len() > MAX_PAGE_TOKEN_BYTES {
+        return Err(invalid(format!(
+            "is {} bytes long, more than {MAX_PAGE_TOKEN_BYTES}",
+            token.len()
+        )));
+    }
+    if token.chars().any(char::is_control) {
+        return Err(invalid("contains control characters".into()));
+    }
+    // A source that hands back the token it was given would be followed forever.
+    if request.page_token == Some(token.as_str()) {
+        return Err(invalid("repeats the token of this request".into()));
+    }
+    Ok(token)
+}
+
+/// Keeps the last record of each id, in page order; returns how many were dropped.
+fn keep_last_of_each_id(records: &mut Vec<Record>) -> u32 {
+    let last: HashMap<&str, usize> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.as_str(), i))
+        .collect();
+    if last.len() == records.len() {
+        return 0;
+    }
+    let keep: Vec<bool> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| last[r.id.as_str()] == i)
+        .collect();
+    let before = records.len();
+    let mut flags = keep.into_iter();
+    records.retain(|_| flags.next().unwrap_or(true));
+    u32::try_from(before - records.len()).unwrap_or(u32::MAX)
+}
+
+/// The JSON type of a raw value, with its article, for messages.
+fn json_kind(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// A JSON string value, unescaped.
+fn json_string(raw: &RawValue) -> Result<String, String> {
+    match json_kind(raw) {
+        "a string" => {
+            serde_json::from_str(raw.get()).map_err(|e| format!("is not a valid string: {e}"))
+        }
+        other => Err(format!("must be a string, not {other}")),
+    }
+}
+
+/// Exactly `YYYY-MM-DD`, a real calendar date.
+fn contract_date(text: &str) -> Option<NaiveDate> {
+    let b = text.as_bytes();
+    let shape = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if !shape {
+        return None;
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
+}
+
+/// A JSON number's text, if PostgreSQL's `numeric` can hold it.
+fn check_amount(text: &str) -> Result<String, String> {
+    if text.len() > MAX_AMOUNT_CHARS {
+        return Err(format!(
+            "has {} characters, more than {MAX_AMOUNT_CHARS}",
+            text.len()
+        ));
+    }
+    if let Some(at) = text.find(['e', 'E']) {
+        let exponent = text[at + 1..]
+            .parse::<i64>()
+            .ok()
+            .filter(|e| e.abs() <= MAX_AMOUNT_EXPONENT);
+        if exponent.is_none() {
+            return Err(format!(
+                "{text} has an exponent beyond ±{MAX_AMOUNT_EXPONENT}"
+            ));
+        }
+    }
+    Ok(text.to_owned())
+}
+
+/// Whether valid JSON text contains the escape `\u0000` (not `\\u0000`, an escaped
+/// backslash followed by "u0000"). Backslashes only occur inside strings, each starting an
+/// escape, so a left-to-right scan that skips escaped characters is exact.
+fn has_nul_escape(json: &str) -> bool {
+    let b = json.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if b.get(i + 1) == Some(&b'u') && b.get(i + 2..i + 6) == Some(b"0000".as_slice()) {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+/// Server text for a message: at most [`QUOTE_CHARS`] characters.
+fn quote_cut(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(text: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").expect("test date")
+    }
+
+    fn window() -> PageRequest<'static> {
+        PageRequest {
+            store_code: "S001",
+            stream: "orders",
+            from: day("2024-01-01"),
+            to: day("2024-01-07"),
+            page_token: None,
+        }
+    }
+
+    fn parse(body: &str) -> Result<Page, FetchError> {
+        parse_page(body.as_bytes(), &window())
+    }
+
+    fn page_of(records: &[&str]) -> String {
+        format!(
+            "{{\"data\":[{}],\"next_page_token\":null}}",
+            records.join(",")
+        )
+    }
+
+    fn record_error(body: &str) -> (usize, Option<String>, &'static str, String) {
+        match parse(body) {
+            Err(FetchError::InvalidRecord {
+                index,
+                id,
+                field,
+                reason,
+                ..
+            }) => (index, id, field, reason),
+            other => panic!("expected an invalid record, got {other:?}"),
+        }
+    }
+
+    const SIMULATOR_RECORD: &str = r#"{"id":"orders-S001-20240101-000000","date":"2024-01-01","amount":341.35,"customer_id":"C4956694","sku":"SKU-36135","qty":8,"channel":"web","currency":"INR","rev":0}"#;
+
+    #[test]
+    fn good_page_keeps_payload_and_amount_text_exactly() {
+        let second =
+            r#"{ "id" : "b", "date":"2024-01-07", "amount": -0.50, "nested": {"x": [1, 2.0]} }"#;
+        let body = format!(
+            "{{\"data\": [{SIMULATOR_RECORD}, {second}], \"next_page_token\": \"p1.d20240102.n3.c9\"}}"
+        );
+        let page = parse(&body).expect("good page");
+        assert_eq!(page.records.len(), 2);
+        assert_eq!(page.records[0].id, "orders-S001-20240101-000000");
+        assert_eq!(page.records[0].date, day("2024-01-01"));
+        assert_eq!(page.records[0].amount.as_deref(), Some("341.35"));
+        assert_eq!(page.records[0].payload, SIMULATOR_RECORD);
+        assert_eq!(page.records[1].amount.as_deref(), Some("-0.50"));
+        assert_eq!(page.records[1].payload, second);
+        assert_eq!(page.next_page_token.as_deref(), Some("p1.d20240102.n3.c9"));
+        assert_eq!(page.body_bytes, body.len() as u64);
+        assert_eq!((page.attempts, page.duplicate_ids), (0, 0));
+    }
+
+    #[test]
+    fn last_page_and_empty_page() {
+        let page = parse(r#"{"data":[]}"#).expect("absent token");
+        assert!(page.records.is_empty() && page.next_page_token.is_none());
+        let page = parse(r#"{"data":[],"next_page_token":null,"extra":{"ignored":true}}"#)
+            .expect("null token");
+        assert!(page.next_page_token.is_none());
+    }
+
+    #[test]
+    fn null_or_absent_amount_is_none() {
+        let page = parse(&page_of(&[
+            r#"{"id":"a","date":"2024-01-02","amount":null}"#,
+            r#"{"id":"b","date":"2024-01-02"}"#,
+        ]))
+        .expect("page");
+        assert_eq!(page.records[0].amount, None);
+        assert_eq!(page.records[1].amount, None);
+    }
+
+    #[test]
+    fn big_negative_and_exponent_amounts_keep_exact_text() {
+        for amount in [
+            "123456789012345678901234567890.123456789",
+            "-0.01",
+            "341.350",
+            "0",
+            "-0",
+            "1.5E+3",
+            "2e-2",
+            "9007199254740993",
+            "1e1000",
+        ] {
+            let page = parse(&page_of(&[&format!(
+                r#"{{"id":"a","date":"2024-01-02","amount":{amount}}}"#
+            )]))
+            .unwrap_or_else(|e| panic!("{amount}: {e}"));
+            assert_eq!(page.records[0].amount.as_deref(), Some(amount));
+        }
+    }
+
+    #[test]
+    fn amounts_numeric_cannot_hold_are_rejected() {
+        for amount in ["1e1001", "1e-99999999999999999999", &"9".repeat(101)] {
+            let (_, id, field, reason) = record_error(&page_of(&[&format!(
+                r#"{{"id":"a","date":"2024-01-02","amount":{amount}}}"#
+            )]));
+            assert_eq!((id.as_deref(), field), (Some("a"), "amount"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn amount_as_string_or_other_type_is_invalid() {
+        let (index, id, field, reason) = record_error(&page_of(&[
+            r#"{"id":"a","date":"2024-01-02","amount":1}"#,
+            r#"{"id":"bad-record","date":"2024-01-01","amount":"12.x"}"#,
+        ]));
+        assert_eq!(
+            (index, id.as_deref(), field),
+            (1, Some("bad-record"), "amount")
+        );
+        assert_eq!(reason, "must be a number or null, not a string");
+        for other in ["true", "{}", "[1]"] {
+            let (_, _, field, _) = record_error(&page_of(&[&format!(
+                r#"{{"id":"a","date":"2024-01-02","amount":{other}}}"#
+            )]));
+            assert_eq!(field, "amount");
+        }
+    }
+
+    #[test]
+    fn missing_or_bad_id_is_invalid() {
+        let cases = [
+            (r#"{"date":"2024-01-02","amount":1}"#, "is missing or null"),
+            (
+                r#"{"id":null,"date":"2024-01-02","amount":1}"#,
+                "is missing or null",
+            ),
+            (
+                r#"{"id":42,"date":"2024-01-02","amount":1}"#,
+                "must be a string, not a number",
+            ),
+            (r#"{"id":"","date":"2024-01-02","amount":1}"#, "is empty"),
+            (
+                r#"{"id":"a\u0000b","date":"2024-01-02","amount":1}"#,
+                "contains a NUL character",
+            ),
+            (
+                r#"{"id":"\ud800","date":"2024-01-02","amount":1}"#,
+                "is not a valid string",
+            ),
+        ];
+        for (record, expected) in cases {
+            let (index, _, field, reason) = record_error(&page_of(&[record]));
+            assert_eq!((index, field), (0, "id"), "{record}");
+            assert!(reason.starts_with(expected), "{record}: {reason}");
+        }
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let (_, _, field, reason) = record_error(&page_of(&[&format!(
+            r#"{{"id":"{long}","date":"2024-01-02","amount":1}}"#
+        )]));
+        assert_eq!(
+            (field, reason.as_str()),
+            ("id", "is 257 bytes long, more than 256")
+        );
+        let longest = "é".repeat(MAX_ID_BYTES / 2);
+        parse(&page_of(&[&format!(
+            r#"{{"id":"{longest}","date":"2024-01-02","amount":1}}"#
+        )]))
+        .expect("256 bytes is fine");
+    }
+
+    #[test]
+    fn missing_or_bad_date_is_invalid() {
+        let cases = [
+            (r#"{"id":"a","amount":1}"#, "is missing or null"),
+            (
+                r#"{"id":"a","date":20240102,"amount":1}"#,
+                "must be a string, not a number",
+            ),
+            (
+                r#"{"id":"a","date":"2024-1-02","amount":1}"#,
+                "\"2024-1-02\" is not a YYYY-MM-DD date",
+            ),
+            (
+                r#"{"id":"a","date":"2024-02-30","amount":1}"#,
+                "\"2024-02-30\" is not a YYYY-MM-DD date",
+            ),
+            (
+                r#"{"id":"a","date":"2024-01-02T00:00:00Z","amount":1}"#,
+                "\"2024-01-02T00:00:00Z\" is not",
+            ),
+        ];
+        for (record, expected) in cases {
+            let (_, id, field, reason) = record_error(&page_of(&[record]));
+            assert_eq!((id.as_deref(), field), (Some("a"), "date"), "{record}");
+            assert!(reason.starts_with(expected), "{record}: {reason}");
+        }
+    }
+
+    #[test]
+    fn date_outside_the_window_is_invalid_and_its_ends_are_inside() {
+        for outside in ["2023-12-31", "2024-01-08"] {
+            let (_, _, field, reason) = record_error(&page_of(&[&format!(
+                r#"{{"id":"a","date":"{outside}","amount":1}}"#
+            )]));
+            assert_eq!(field, "date");
+            assert_eq!(
+                reason,
+                format!("{outside} is outside the window 2024-01-01..2024-01-07")
+            );
+        }
+        parse(&page_of(&[
+            r#"{"id":"a","date":"2024-01-01","amount":1}"#,
+            r#"{"id":"b","date":"2024-01-07","amount":1}"#,
+        ]))
+        .expect("window ends are inclusive");
+    }
+
+    #[test]
+    fn error_names_the_bad_record_and_field() {
+        let message = parse(&page_of(&[SIMULATOR_RECORD, r#"{"id":"x-1","amount":1}"#]))
+            .expect_err("second record has no date")
+            .to_string();
+        assert_eq!(
+            message,
+            "invalid record at index 1 (id \"x-1\") in source response: date is missing or null"
+        );
+    }
+
+    #[test]
+    fn record_that_is_not_an_object_is_invalid() {
+        for record in ["1", "\"a\"", "[]", "null"] {
+            let (index, _, field, _) = record_error(&page_of(&[record]));
+            assert_eq!((index, field), (0, "record"), "{record}");
+        }
+        let (_, _, field, reason) =
+            record_error(&page_of(&[r#"{"id":"a","id":"b","date":"2024-01-02"}"#]));
+        assert_eq!(field, "record");
+        assert!(reason.contains("duplicate field `id`"), "{reason}");
+    }
+
+    #[test]
+    fn nul_escape_in_payload_is_invalid_but_escaped_backslash_is_fine() {
+        let (_, _, field, reason) = record_error(&page_of(&[
+            r#"{"id":"a","date":"2024-01-02","amount":1,"note":"x\u0000y"}"#,
+        ]));
+        assert_eq!(field, "record");
+        assert!(reason.contains("\\u0000"), "{reason}");
+        let page = parse(&page_of(&[
+            r#"{"id":"a","date":"2024-01-02","amount":1,"note":"x\\u0000y"}"#,
+        ]))
+        .expect("escaped backslash");
+        assert!(page.records[0].payload.contains(r#""x\\u0000y""#));
+    }
+
+    #[test]
+    fn malformed_json_reports_line_and_column() {
+        let body = page_of(&[SIMULATOR_RECORD, SIMULATOR_RECORD]);
+        let cut = &body[..body.len() / 2];
+        match parse(cut) {
+            Err(FetchError::MalformedJson {
+                line,
+                column,
+                ref detail,
+                ..
+            }) => {
+                assert_eq!(line, 1);
+                assert!(column > 100, "{column}");
+                assert!(
+                    detail.contains(&format!("line 1 column {column}")),
+                    "{detail}"
+                );
+            }
+            other => panic!("expected malformed JSON, got {other:?}"),
+        }
+        let message = parse("{\"data\": [\n  {\"id\": \"a\",,}]}")
+            .expect_err("syntax")
+            .to_string();
+        assert!(
+            message.starts_with("malformed JSON in source response: "),
+            "{message}"
+        );
+        assert!(message.contains("line 2 column"), "{message}");
+        assert!(matches!(
+            parse("{\"data\":[]} trailing"),
+            Err(FetchError::MalformedJson { .. })
+        ));
+        assert!(matches!(parse(""), Err(FetchError::MalformedJson { .. })));
+        match parse_page(b"{\"data\":[\n\"\xff\"]}", &window()) {
+            Err(FetchError::MalformedJson {
+                line: 2, column: 2, ..
+            }) => {}
+            other => panic!("expected invalid UTF-8 at 2:2, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_shape_is_an_invalid_page() {
+        for body in [
+            r#"[]"#,
+            r#"{"records":[]}"#,
+            r#"{"data":{}}"#,
+            r#"{"data":null}"#,
+            r#"{"data":[],"data":[]}"#,
+        ] {
+            match parse(body) {
+                Err(FetchError::InvalidPage { reason, .. }) => {
+                    assert!(reason.contains("line 1 column"), "{body}: {reason}")
+                }
+                other => panic!("{body}: expected invalid page, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_next_page_token_is_an_invalid_page() {
+        let long = "t".repeat(MAX_PAGE_TOKEN_BYTES + 1);
+        let cases = [
+            ("17".to_owned(), "must be a string, not a number"),
+            ("\"\"".to_owned(), "is empty"),
+            (format!("\"{long}\""), "is 1025 bytes long"),
+            ("\"a\\nb\"".to_owned(), "contains control characters"),
+        ];
+        for (token, expected) in cases {
+            match parse(&format!(r#"{{"data":[],"next_page_token":{token}}}"#)) {
+                Err(FetchError::InvalidPage { reason, .. }) => {
+                    assert!(
+                        reason.starts_with(&format!("next_page_token {expected}")),
+                        "{token}: {reason}"
+                    );
+                }
+                other => panic!("{token}: expected invalid page, got {other:?}"),
+            }
+        }
+        let longest = "t".repeat(MAX_PAGE_TOKEN_BYTES);
+        let page =
+            parse(&format!(r#"{{"data":[],"next_page_token":"{longest}"}}"#)).expect("1024 bytes");
+        assert_eq!(page.next_page_token.as_deref(), Some(longest.as_str()));
+    }
+
+    #[test]
+    fn a_token_that_points_back_at_itself_is_refused() {
+        let request = PageRequest {
+            page_token: Some("p3"),
+            ..window()
+        };
+        let err = parse_page(br#"{"data":[],"next_page_token":"p3"}"#, &request).expect_err("loop");
+        assert!(
+            err.to_string()
+                .contains("repeats the token of this request"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_keep_the_last_occurrence() {
+        let page = parse(&page_of(&[
+            r#"{"id":"a","date":"2024-01-02","amount":1}"#,
+            r#"{"id":"b","date":"2024-01-02","amount":2}"#,
+            r#"{"id":"a","date":"2024-01-03","amount":3}"#,
+            r#"{"id":"a","date":"2024-01-04","amount":4}"#,
+        ]))
+        .expect("page");
+        let kept: Vec<(&str, Option<&str>)> = page
+            .records
+            .iter()
+            .map(|r| (r.id.as_str(), r.amount.as_deref()))
+            .collect();
+        assert_eq!(kept, [("b", Some("2")), ("a", Some("4"))]);
+        assert_eq!(page.duplicate_ids, 2);
+    }
+
+    #[test]
+    fn quoted_server_text_is_cut_short() {
+        let junk = "y".repeat(5000);
+        let (_, _, _, reason) =
+            record_error(&page_of(&[&format!(r#"{{"id":"a","date":"{junk}"}}"#)]));
+        assert!(reason.len() < 100, "{reason}");
+    }
+}

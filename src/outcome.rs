@@ -1,0 +1,225 @@
+//! Status rules of a window (seed 003 §C), as plain values.
+//!
+//! A pipeline's streams are pulled in order. The first stream is order data (TD `orders`,
+//! UC `gst`), the second, when the pipeline has one, sales data (TD `sales`):
+//!
+//! | outcome                                   | status    |
+//! |-------------------------------------------|-----------|
+//! | every selected stream pulled              | `success` |
+//! | the first selected stream failed          | `failed`  |
+//! | the first pulled, a later one failed      | `partial` |
+//!
+//! `orders_only` / `sales_only` select one stream; the window is then `success` or `failed`
+//! by that stream alone.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowStatus {
+    Success,
+    Partial,
+    Failed,
+}
+
+impl WindowStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowStatus::Success => "success",
+            WindowStatus::Partial => "partial",
+            WindowStatus::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for WindowStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which log stamp a stream sets when it has been pulled completely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PulledStamp {
+    Orders,
+    Sales,
+}
+
+impl PulledStamp {
+    /// The stamp of the stream at `position` in the pipeline's `streams` (0-based).
+    pub fn for_position(position: usize) -> PulledStamp {
+        if position == 0 {
+            PulledStamp::Orders
+        } else {
+            PulledStamp::Sales
+        }
+    }
+
+    pub fn column(self) -> &'static str {
+        match self {
+            PulledStamp::Orders => "orders_pulled_at",
+            PulledStamp::Sales => "sales_pulled_at",
+        }
+    }
+}
+
+/// The streams of `pipeline_streams` a window pulls, honouring TD's flags.
+pub fn select_streams(
+    pipeline_streams: &[String],
+    orders_only: bool,
+    sales_only: bool,
+) -> Result<Vec<String>, String> {
+    match (orders_only, sales_only) {
+        (true, true) => Err("orders_only and sales_only cannot both be true".into()),
+        (true, false) => Ok(pipeline_streams.iter().take(1).cloned().collect()),
+        (false, true) => match pipeline_streams.get(1) {
+            Some(sales) => Ok(vec![sales.clone()]),
+            None => Err(format!(
+                "sales_only needs a pipeline with a sales stream; this one has only {}",
+                pipeline_streams.join(", ")
+            )),
+        },
+        (false, false) => Ok(pipeline_streams.to_vec()),
+    }
+}
+
+/// Status of a window from whether each selected stream (in pull order) succeeded.
+/// Streams after a failed first stream are not pulled and so not listed.
+pub fn window_status(pulled: &[bool]) -> WindowStatus {
+    match pulled.first() {
+        None | Some(false) => WindowStatus::Failed,
+        Some(true) if pulled.iter().all(|ok| *ok) => WindowStatus::Success,
+        Some(true) => WindowStatus::Partial,
+    }
+}
+
+/// Whether pulling should go on after a stream's result: a failed first stream ends it.
+pub fn continue_after(position_in_selection: usize, pulled: bool) -> bool {
+    pulled || position_in_selection > 0
+}
+
+/// How a run's windows ended, for one pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCounts {
+    pub pipeline: String,
+    pub success: i64,
+    pub partial: i64,
+    pub failed: i64,
+    pub skipped: i64,
+}
+
+pub struct RunSummary {
+    pub status: WindowStatus,
+    pub text: String,
+    pub counts_json: String,
+}
+
+/// End-of-run rule (seed 003 §E): `success` if every window succeeded, `failed` if any
+/// failed, `partial` if the only non-successes are partials. Windows skipped after a
+/// store's failure count with neither: the failure that caused them already decides.
+pub fn run_summary(counts: &[RunCounts]) -> RunSummary {
+    let failed: i64 = counts.iter().map(|c| c.failed).sum();
+    let partial: i64 = counts.iter().map(|c| c.partial).sum();
+    let status = if failed > 0 {
+        WindowStatus::Failed
+    } else if partial > 0 {
+        WindowStatus::Partial
+    } else {
+        WindowStatus::Success
+    };
+    let text = if counts.is_empty() {
+        "no windows to run".to_string()
+    } else {
+        counts
+            .iter()
+            .map(|c| {
+                let mut line = format!("{}: {} success, {} partial, {} failed", c.pipeline, c.success, c.partial, c.failed);
+                if c.skipped > 0 {
+                    line.push_str(&format!(", {} skipped", c.skipped));
+                }
+                line
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let per_pipeline: serde_json::Map<String, serde_json::Value> = counts
+        .iter()
+        .map(|c| {
+            (
+                c.pipeline.clone(),
+                serde_json::json!({"success": c.success, "partial": c.partial, "failed": c.failed, "skipped": c.skipped}),
+            )
+        })
+        .collect();
+    RunSummary { status, text, counts_json: serde_json::Value::Object(per_pipeline).to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn td() -> Vec<String> {
+        vec!["orders".into(), "sales".into()]
+    }
+
+    #[test]
+    fn td_both_streams_pulled_is_success() {
+        assert_eq!(window_status(&[true, true]), WindowStatus::Success);
+    }
+
+    #[test]
+    fn td_orders_ok_sales_failed_is_partial() {
+        assert_eq!(window_status(&[true, false]), WindowStatus::Partial);
+    }
+
+    #[test]
+    fn td_orders_failed_is_failed_and_stops_the_window() {
+        assert_eq!(window_status(&[false]), WindowStatus::Failed);
+        assert!(!continue_after(0, false));
+        assert!(continue_after(1, false), "a failed sales stream is the last one anyway");
+    }
+
+    #[test]
+    fn uc_single_stream_is_success_or_failed() {
+        assert_eq!(window_status(&[true]), WindowStatus::Success);
+        assert_eq!(window_status(&[false]), WindowStatus::Failed);
+    }
+
+    #[test]
+    fn flags_select_one_stream() {
+        assert_eq!(select_streams(&td(), true, false).unwrap(), ["orders"]);
+        assert_eq!(select_streams(&td(), false, true).unwrap(), ["sales"]);
+        assert_eq!(select_streams(&td(), false, false).unwrap(), ["orders", "sales"]);
+        assert!(select_streams(&td(), true, true).is_err());
+        assert!(select_streams(&["gst".to_string()], false, true).is_err());
+        // sales_only pulls one stream: its failure is the window's failure, not a partial.
+        assert_eq!(window_status(&[false]), WindowStatus::Failed);
+    }
+
+    fn counts(pipeline: &str, success: i64, partial: i64, failed: i64) -> RunCounts {
+        RunCounts { pipeline: pipeline.into(), success, partial, failed, skipped: 0 }
+    }
+
+    #[test]
+    fn run_is_success_only_when_every_window_succeeded() {
+        let summary = run_summary(&[counts("td_orders_sync", 3, 0, 0), counts("uc_orders_sync", 2, 0, 0)]);
+        assert_eq!(summary.status, WindowStatus::Success);
+        assert_eq!(summary.text, "td_orders_sync: 3 success, 0 partial, 0 failed; uc_orders_sync: 2 success, 0 partial, 0 failed");
+        assert_eq!(
+            summary.counts_json,
+            r#"{"td_orders_sync":{"failed":0,"partial":0,"skipped":0,"success":3},"uc_orders_sync":{"failed":0,"partial":0,"skipped":0,"success":2}}"#
+        );
+    }
+
+    #[test]
+    fn any_failure_fails_the_run_and_partials_alone_make_it_partial() {
+        assert_eq!(run_summary(&[counts("a", 5, 1, 1)]).status, WindowStatus::Failed);
+        assert_eq!(run_summary(&[counts("a", 5, 1, 0), counts("b", 1, 0, 0)]).status, WindowStatus::Partial);
+        assert_eq!(run_summary(&[]).status, WindowStatus::Success);
+    }
+
+    #[test]
+    fn stamps_follow_stream_position() {
+        assert_eq!(PulledStamp::for_position(0).column(), "orders_pulled_at");
+        assert_eq!(PulledStamp::for_position(1).column(), "sales_pulled_at");
+    }
+}

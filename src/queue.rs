@@ -1,0 +1,295 @@
+//! The "queue" stage: runs, jobs and the per-store lock, in SQL.
+//!
+//! Each function runs inside a transaction owned by its caller. Duplicate windows are kept
+//! out by the partial unique index on `sync_jobs`, not by checks in here.
+
+use chrono::NaiveDate;
+use pgrx::prelude::*;
+use pgrx::spi::SpiResult;
+use std::time::Duration;
+
+use crate::fetch::SourceSettings;
+use crate::gucs;
+use crate::outcome::{run_summary, RunCounts};
+use crate::write::Window;
+
+/// One attempt at a job's window, as started by `start_attempt`.
+pub struct Attempt {
+    pub job_id: i64,
+    pub log_id: i64,
+    pub attempt_no: i32,
+    pub window: Window,
+    pub pipeline_code: String,
+    /// All streams of the pipeline, in pull order (a stream's position decides its stamp).
+    pub pipeline_streams: Vec<String>,
+    /// The streams this job pulls.
+    pub streams: Vec<String>,
+    pub source: SourceSettings,
+}
+
+/// Where a stream of a window stands after earlier, interrupted attempts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumePoint {
+    pub next_page_no: i32,
+    pub page_token: Option<String>,
+    pub complete: bool,
+}
+
+pub fn parse_date(text: &str) -> NaiveDate {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").expect("PostgreSQL date text is ISO")
+}
+
+pub fn create_run(
+    run_id: &str,
+    pipeline_name: &str,
+    run_env: &str,
+    report_date: NaiveDate,
+    parameters: &str,
+) -> SpiResult<()> {
+    Spi::run_with_args(
+        "INSERT INTO orders_sync.pipeline_run_summaries
+             (run_id, pipeline_name, run_env, report_date, parameters)
+         VALUES ($1, $2, $3, $4::date, $5::jsonb)",
+        &[
+            run_id.into(),
+            pipeline_name.into(),
+            run_env.into(),
+            report_date.format("%Y-%m-%d").to_string().into(),
+            parameters.into(),
+        ],
+    )
+}
+
+/// Queues a window; `None` when the same window is already queued or running.
+pub fn enqueue(run_id: &str, window: &Window, streams: &[String], reason: &str) -> SpiResult<Option<i64>> {
+    Spi::get_one_with_args::<i64>(
+        "INSERT INTO orders_sync.sync_jobs (run_id, pipeline_id, store_code, from_date, to_date, streams, reason)
+         VALUES ($1, $2, $3, $4::date, $5::date, $6, $7)
+         ON CONFLICT (pipeline_id, store_code, from_date, to_date) WHERE status IN ('queued', 'running')
+         DO NOTHING
+         RETURNING id",
+        &[
+            run_id.into(),
+            window.pipeline_id.into(),
+            window.store_code.as_str().into(),
+            window.from.format("%Y-%m-%d").to_string().into(),
+            window.to.format("%Y-%m-%d").to_string().into(),
+            streams.to_vec().into(),
+            reason.into(),
+        ],
+    )
+}
+
+/// The run a queued or running job of `window` belongs to (for the "already queued" message).
+pub fn active_run_of(window: &Window) -> SpiResult<Option<String>> {
+    Spi::get_one_with_args::<String>(
+        "SELECT run_id::text FROM orders_sync.sync_jobs
+         WHERE pipeline_id = $1 AND store_code = $2 AND from_date = $3::date AND to_date = $4::date
+           AND status IN ('queued', 'running')
+         LIMIT 1",
+        &[
+            window.pipeline_id.into(),
+            window.store_code.as_str().into(),
+            window.from.format("%Y-%m-%d").to_string().into(),
+            window.to.format("%Y-%m-%d").to_string().into(),
+        ],
+    )
+}
+
+/// Takes the store's session-level advisory lock without waiting. Held until released or
+/// until the worker's session ends, so a free lock next to a `running` row means its worker
+/// is gone.
+pub fn try_lock_store(store_code: &str) -> SpiResult<bool> {
+    Spi::get_one_with_args::<bool>(
+        "SELECT pg_try_advisory_lock(hashtext('orders_sync.store'), hashtext($1))",
+        &[store_code.into()],
+    )
+    .map(|locked| locked.unwrap_or(false))
+}
+
+pub fn unlock_store(store_code: &str) -> SpiResult<()> {
+    Spi::run_with_args(
+        "SELECT pg_advisory_unlock(hashtext('orders_sync.store'), hashtext($1))",
+        &[store_code.into()],
+    )
+}
+
+/// Fails a job that never started (no log row): its store was busy, say.
+pub fn fail_unstarted_job(job_id: i64, message: &str) -> SpiResult<()> {
+    Spi::run_with_args(
+        "UPDATE orders_sync.sync_jobs
+         SET status = 'failed', error_message = $2, finished_at = now()
+         WHERE id = $1",
+        &[job_id.into(), message.into()],
+    )
+}
+
+/// Starts an attempt: the log row (`running`, attempt_no = earlier attempts at the same
+/// window + 1, seed 003 §C) and the job's running state, in the caller's transaction.
+pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
+    Spi::connect_mut(|client| {
+        let row = client
+            .update(
+                r#"
+                WITH job AS (
+                    SELECT j.id, j.run_id, j.pipeline_id, j.store_code, j.from_date, j.to_date, r.run_env,
+                           s.cost_center
+                    FROM orders_sync.sync_jobs j
+                    JOIN orders_sync.pipeline_run_summaries r ON r.run_id = j.run_id
+                    LEFT JOIN orders_sync.store_master s ON s.store_code = j.store_code
+                    WHERE j.id = $1
+                ),
+                logged AS (
+                    INSERT INTO orders_sync.orders_sync_log
+                        (pipeline_id, run_id, run_env, cost_center, store_code, from_date, to_date, status, attempt_no)
+                    SELECT job.pipeline_id, job.run_id, job.run_env, job.cost_center, job.store_code,
+                           job.from_date, job.to_date, 'running',
+                           1 + (SELECT count(*) FROM orders_sync.orders_sync_log l
+                                WHERE l.pipeline_id = job.pipeline_id AND l.store_code = job.store_code
+                                  AND l.from_date = job.from_date AND l.to_date = job.to_date)
+                    FROM job
+                    RETURNING id, attempt_no
+                ),
+                started AS (
+                    UPDATE orders_sync.sync_jobs j
+                    SET status = 'running', log_id = logged.id, worker_pid = pg_backend_pid(),
+                        started_at = now(), heartbeat_at = now(), error_message = NULL
+                    FROM logged
+                    WHERE j.id = $1
+                    RETURNING j.id
+                )
+                SELECT logged.id AS log_id, logged.attempt_no, j.pipeline_id, j.store_code::text AS store_code,
+                       j.from_date::text AS from_date, j.to_date::text AS to_date, j.streams,
+                       p.code AS pipeline_code, p.streams AS pipeline_streams, p.base_url, p.page_size,
+                       p.connect_timeout_ms, p.read_timeout_ms, p.max_attempts, c.api_token
+                FROM logged
+                CROSS JOIN orders_sync.sync_jobs j
+                JOIN orders_sync.pipelines p ON p.id = j.pipeline_id
+                LEFT JOIN orders_sync.pipeline_credentials c ON c.pipeline_id = p.id
+                WHERE j.id = $1
+                "#,
+                None,
+                &[job_id.into()],
+            )?
+            .first();
+        let millis = |value: Option<i32>, fallback: u64| Duration::from_millis(value.map_or(fallback, |v| v as u64));
+        let store_code: String = row.get_by_name("store_code")?.unwrap_or_default();
+        Ok(Attempt {
+            job_id,
+            log_id: row.get_by_name("log_id")?.unwrap_or_default(),
+            attempt_no: row.get_by_name("attempt_no")?.unwrap_or(1),
+            window: Window {
+                pipeline_id: row.get_by_name("pipeline_id")?.unwrap_or_default(),
+                store_code,
+                from: parse_date(&row.get_by_name::<String, _>("from_date")?.unwrap_or_default()),
+                to: parse_date(&row.get_by_name::<String, _>("to_date")?.unwrap_or_default()),
+            },
+            pipeline_code: row.get_by_name("pipeline_code")?.unwrap_or_default(),
+            pipeline_streams: row.get_by_name("pipeline_streams")?.unwrap_or_default(),
+            streams: row.get_by_name("streams")?.unwrap_or_default(),
+            source: SourceSettings {
+                base_url: row.get_by_name("base_url")?.unwrap_or_default(),
+                token: row.get_by_name("api_token")?,
+                page_size: row.get_by_name::<i32, _>("page_size")?.unwrap_or(1000) as u32,
+                connect_timeout: millis(row.get_by_name("connect_timeout_ms")?, gucs::http_connect_timeout_ms()),
+                read_timeout: millis(row.get_by_name("read_timeout_ms")?, gucs::http_read_timeout_ms()),
+                max_attempts: row
+                    .get_by_name::<i32, _>("max_attempts")?
+                    .map_or(gucs::http_max_attempts(), |v| v as u32),
+                retry_base_delay: Duration::from_millis(gucs::http_retry_base_delay_ms()),
+                max_response_bytes: gucs::http_max_response_bytes(),
+            },
+        })
+    })
+}
+
+/// For each of `streams`, where an earlier interrupted attempt at the same window stopped.
+pub fn resume_points(window: &Window, streams: &[String]) -> SpiResult<Vec<ResumePoint>> {
+    let mut points = Vec::with_capacity(streams.len());
+    for stream in streams {
+        let point = Spi::connect(|client| {
+            let table = client.select(
+                "SELECT page_no, next_page_token FROM orders_sync.window_pages
+                 WHERE pipeline_id = $1 AND store_code = $2 AND from_date = $3::date AND to_date = $4::date
+                   AND stream = $5
+                 ORDER BY page_no DESC LIMIT 1",
+                None,
+                &[
+                    window.pipeline_id.into(),
+                    window.store_code.as_str().into(),
+                    window.from.format("%Y-%m-%d").to_string().into(),
+                    window.to.format("%Y-%m-%d").to_string().into(),
+                    stream.as_str().into(),
+                ],
+            )?;
+            if table.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(ResumePoint::default());
+            }
+            let row = table.first();
+            let last_page: i32 = row.get(1)?.unwrap_or(0);
+            let token: Option<String> = row.get(2)?;
+            Ok(ResumePoint { next_page_no: last_page + 1, complete: token.is_none(), page_token: token })
+        })?;
+        points.push(point);
+    }
+    Ok(points)
+}
+
+/// Marks an attempt that was stopped from outside (SIGTERM, cancel) as failed, keeping its
+/// committed pages so that the next attempt at the window resumes from the cursor.
+pub fn interrupt_attempt(job_id: i64, log_id: i64, message: &str) -> SpiResult<()> {
+    Spi::run_with_args(
+        "WITH logged AS (
+             UPDATE orders_sync.orders_sync_log SET status = 'failed', error_message = $3 WHERE id = $2
+         )
+         UPDATE orders_sync.sync_jobs
+         SET status = 'failed', error_message = $3, finished_at = now(), heartbeat_at = now()
+         WHERE id = $1",
+        &[job_id.into(), log_id.into(), message.into()],
+    )
+}
+
+/// Closes a run: `finished_at`, overall status and per-pipeline counts from its jobs.
+/// Returns the overall status.
+pub fn finish_run(run_id: &str) -> SpiResult<String> {
+    let counts = Spi::connect(|client| {
+        let table = client.select(
+            "SELECT p.code,
+                    count(*) FILTER (WHERE j.status = 'success'),
+                    count(*) FILTER (WHERE j.status = 'partial'),
+                    count(*) FILTER (WHERE j.status = 'failed'),
+                    count(*) FILTER (WHERE j.status = 'skipped')
+             FROM orders_sync.sync_jobs j
+             JOIN orders_sync.pipelines p ON p.id = j.pipeline_id
+             WHERE j.run_id = $1
+             GROUP BY p.code
+             ORDER BY p.code",
+            None,
+            &[run_id.into()],
+        )?;
+        let mut counts = Vec::new();
+        for row in table {
+            counts.push(RunCounts {
+                pipeline: row.get::<String>(1)?.unwrap_or_default(),
+                success: row.get::<i64>(2)?.unwrap_or(0),
+                partial: row.get::<i64>(3)?.unwrap_or(0),
+                failed: row.get::<i64>(4)?.unwrap_or(0),
+                skipped: row.get::<i64>(5)?.unwrap_or(0),
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(counts)
+    })?;
+    let summary = run_summary(&counts);
+    Spi::run_with_args(
+        "UPDATE orders_sync.pipeline_run_summaries
+         SET finished_at = now(), overall_status = $2, summary_text = $3, counts = $4::jsonb
+         WHERE run_id = $1",
+        &[
+            run_id.into(),
+            summary.status.as_str().into(),
+            summary.text.as_str().into(),
+            summary.counts_json.as_str().into(),
+        ],
+    )?;
+    Ok(summary.status.as_str().to_string())
+}
