@@ -45,7 +45,6 @@ step() {
 locked() { flock "$work/pgrx.lock" "$@"; }
 
 integration() {
-  cargo build --release -p orders_sync_simulator --bin orders_sync_simulator || return 1
   locked bash -c '
     set -euo pipefail
     cargo pgrx install --pg-config "$0" >/dev/null
@@ -61,6 +60,9 @@ integration() {
   ' "$pg_config" "$work" "$it_port" "$it_db" "$target"
 }
 
+# The fetch stage's unit tests speak HTTP to the real simulator, so it is built first.
+step "build simulator" cargo build --release -p orders_sync_simulator --bin orders_sync_simulator
+export ORDERS_SYNC_SIMULATOR="$target/release/orders_sync_simulator"
 step "unit tests (extension, pure)" cargo test -p orders_sync --lib -- --skip pg_tests::
 step "unit tests (simulator)" cargo test -p orders_sync_simulator
 step "pgrx tests" locked cargo pgrx test pg15 --runas postgres --pgdata "$work/pgrx-data"

@@ -18,8 +18,15 @@
 //!   at most `max_response_bytes` are buffered and one byte more fails the page.
 //! * A page that fails validation returns an error and no records.
 //! * The token never appears in an error, even when a hostile source echoes it back.
+//! * Proxies: reqwest honours `HTTP_PROXY` / `HTTPS_PROXY` / `NO_PROXY` from the server's
+//!   environment, as libcurl-based extensions do.
+//!
+//! Threads and signals: a [`SourceClient`] owns one reqwest runtime thread (plus short-lived
+//! DNS threads it starts), created with every signal blocked so PostgreSQL's handlers only run
+//! on the backend's thread. They never touch PostgreSQL memory; the caller's thread only
+//! blocks on them inside `fetch_page`, and dropping the client joins them.
 
-// The background worker (not yet written) is the only caller of most of this module.
+// Some of the API (hints, limits, the Retry-After parser) only has tests as callers so far.
 #![allow(dead_code)]
 
 mod backoff;
@@ -240,7 +247,9 @@ impl SourceClient {
         request: &PageRequest<'_>,
         should_stop: &dyn Fn() -> bool,
     ) -> Result<Page, FetchError> {
-        let url = self.page_url(request)?;
+        let url = self
+            .page_url(request)
+            .map_err(|e| e.scrubbed(self.token()))?;
         let mut attempts = 0;
         loop {
             if should_stop() {
@@ -296,7 +305,8 @@ impl SourceClient {
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            let snippet = error::body_snippet(&peek_body(response), self.token());
+            let body = peek_body(response, Instant::now() + self.read_timeout);
+            let snippet = error::body_snippet(&body, self.token());
             return Err(AttemptFailure {
                 error: FetchError::status(status.as_u16(), status.canonical_reason(), snippet),
                 retry_after,
@@ -403,10 +413,18 @@ fn check_request(request: &PageRequest<'_>) -> Result<(), FetchError> {
     Ok(())
 }
 
-/// The first few KiB of an error response, for its message; read errors just end it.
-fn peek_body(response: Response) -> Vec<u8> {
+/// The first few KiB of an error response, for its message. Read errors, and the deadline
+/// (checked between reads, so a trickling source cannot stall us), just end it.
+fn peek_body(response: Response, deadline: Instant) -> Vec<u8> {
     let mut peek = Vec::new();
-    let _ = response.take(ERROR_BODY_PEEK_BYTES).read_to_end(&mut peek);
+    let mut reader = response.take(ERROR_BODY_PEEK_BYTES);
+    let mut chunk = [0u8; 1024];
+    while Instant::now() < deadline {
+        match reader.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => peek.extend_from_slice(&chunk[..n]),
+        }
+    }
     peek
 }
 

@@ -68,7 +68,7 @@ pub enum FetchError {
     /// One record broke the contract; the whole page is rejected. `index` counts from 0.
     #[error(
         "invalid record at index {index}{} in source response: {field} {reason}{}",
-        id_note(.id),
+        id_note(.id.as_deref()),
         attempts_note(*.attempts)
     )]
     InvalidRecord {
@@ -104,9 +104,8 @@ fn declared(content_length: Option<u64>) -> String {
     content_length.map_or_else(String::new, |n| format!(" (Content-Length {n})"))
 }
 
-fn id_note(id: &Option<String>) -> String {
-    id.as_ref()
-        .map_or_else(String::new, |id| format!(" (id {id:?})"))
+fn id_note(id: Option<&str>) -> String {
+    id.map_or_else(String::new, |id| format!(" (id {id:?})"))
 }
 
 /// 408, 429 and 5xx may succeed later; any other status will not.

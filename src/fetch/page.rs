@@ -207,9 +207,8 @@ fn parse_record(
         },
     };
 
-    if has_nul_escape(raw.get()) {
-        let why = "contains \\u0000, which PostgreSQL cannot store".to_owned();
-        return Err(with_id("record", why));
+    if let Some(why) = unstorable_escape(raw.get()) {
+        return Err(with_id("record", why.to_owned()));
     }
     Ok(Record {
         id,
@@ -324,23 +323,44 @@ fn check_amount(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-/// Whether valid JSON text contains the escape `\u0000` (not `\\u0000`, an escaped
-/// backslash followed by "u0000"). Backslashes only occur inside strings, each starting an
-/// escape, so a left-to-right scan that skips escaped characters is exact.
-fn has_nul_escape(json: &str) -> bool {
+/// Why PostgreSQL's `jsonb` would refuse this valid JSON text, if it would: a `\u0000`
+/// escape, or a `\u` surrogate escape that is not a high + low pair. Backslashes only occur
+/// inside strings, each starting an escape, so a left-to-right scan that skips escaped
+/// characters is exact (`\\u0000`, an escaped backslash then "u0000", is fine).
+fn unstorable_escape(json: &str) -> Option<&'static str> {
+    const NUL: &str = "contains \\u0000, which PostgreSQL cannot store";
+    const SURROGATE: &str =
+        "contains an unpaired \\u surrogate escape, which PostgreSQL cannot store";
     let b = json.as_bytes();
+    let unit_at = |at: usize| -> Option<u16> {
+        let is_escape = b.get(at) == Some(&b'\\') && b.get(at + 1) == Some(&b'u');
+        let digits = std::str::from_utf8(b.get(at + 2..at + 6)?).ok()?;
+        is_escape
+            .then(|| u16::from_str_radix(digits, 16).ok())
+            .flatten()
+    };
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' {
-            if b.get(i + 1) == Some(&b'u') && b.get(i + 2..i + 6) == Some(b"0000".as_slice()) {
-                return true;
-            }
-            i += 2;
-        } else {
+        if b[i] != b'\\' {
             i += 1;
+            continue;
+        }
+        let Some(unit) = unit_at(i) else {
+            i += 2; // \n, \", \\ and the like
+            continue;
+        };
+        i += 6;
+        match unit {
+            0 => return Some(NUL),
+            0xD800..=0xDBFF => match unit_at(i) {
+                Some(0xDC00..=0xDFFF) => i += 6,
+                _ => return Some(SURROGATE),
+            },
+            0xDC00..=0xDFFF => return Some(SURROGATE),
+            _ => {}
         }
     }
-    false
+    None
 }
 
 /// Server text for a message: at most [`QUOTE_CHARS`] characters.
@@ -598,17 +618,34 @@ mod tests {
     }
 
     #[test]
-    fn nul_escape_in_payload_is_invalid_but_escaped_backslash_is_fine() {
-        let (_, _, field, reason) = record_error(&page_of(&[
-            r#"{"id":"a","date":"2024-01-02","amount":1,"note":"x\u0000y"}"#,
-        ]));
-        assert_eq!(field, "record");
-        assert!(reason.contains("\\u0000"), "{reason}");
-        let page = parse(&page_of(&[
-            r#"{"id":"a","date":"2024-01-02","amount":1,"note":"x\\u0000y"}"#,
-        ]))
-        .expect("escaped backslash");
-        assert!(page.records[0].payload.contains(r#""x\\u0000y""#));
+    fn escapes_jsonb_refuses_are_invalid_and_the_rest_are_kept() {
+        let record = |note: &str| {
+            page_of(&[&format!(
+                r#"{{"id":"a","date":"2024-01-02","amount":1,"note":"{note}"}}"#
+            )])
+        };
+        for (note, expected) in [
+            (r"x\u0000y", "contains \\u0000"),
+            (r"\ud83d", "contains an unpaired \\u surrogate"),
+            (r"\ud83dx", "contains an unpaired \\u surrogate"),
+            (r"\ude00", "contains an unpaired \\u surrogate"),
+            (r"\ud83d\ud83d", "contains an unpaired \\u surrogate"),
+            (r"\\\u0000", "contains \\u0000"),
+        ] {
+            let (_, id, field, reason) = record_error(&record(note));
+            assert_eq!((id.as_deref(), field), (Some("a"), "record"), "{note}");
+            assert!(reason.starts_with(expected), "{note}: {reason}");
+        }
+        for note in [
+            r"x\\u0000y",
+            r"\ud83d\ude00",
+            r#"\u00e9\n\t\\\""#,
+            r"\\ud800",
+        ] {
+            let body = record(note);
+            let page = parse(&body).unwrap_or_else(|e| panic!("{note}: {e}"));
+            assert!(page.records[0].payload.contains(note), "{note}");
+        }
     }
 
     #[test]

@@ -528,7 +528,7 @@ fn stop_during_backoff_cancels_quickly() {
     );
     let reaction = stopped_at.get().expect("stop was requested").elapsed();
     assert!(
-        reaction < Duration::from_millis(100),
+        reaction < Duration::from_millis(250),
         "returned {reaction:?} after the stop request"
     );
     assert!(
