@@ -131,37 +131,45 @@ pub fn complete_window(completion: &Completion) -> SpiResult<i64> {
     let window = completion.window;
     let from = date_text(window.from);
     let to = date_text(window.to);
-    // The anti-join below hashes every id seen in the window; let it do so in memory.
+    // Stale records: those in the range the source did not return. Found first with EXCEPT
+    // (a hashed set difference, linear whatever the statistics say), then deleted by primary
+    // key. One statement joining the two gets planned from the freshly loaded table's empty
+    // statistics and can re-run the set difference for every record: O(rows²).
     Spi::run("SET LOCAL work_mem = '256MB'")?;
-    let removed = Spi::get_one_with_args::<i64>(
-        r#"
-        WITH seen AS (
-            SELECT DISTINCT p.stream, s.record_id
-            FROM orders_sync.window_pages p
-            CROSS JOIN LATERAL unnest(p.record_ids) AS s(record_id)
-            WHERE p.pipeline_id = $1 AND p.store_code = $2 AND p.from_date = $3::date
-              AND p.to_date = $4::date AND p.stream = ANY($5)
-        ),
-        removed AS (
-            DELETE FROM orders_sync.records r
-            WHERE r.pipeline_id = $1 AND r.store_code = $2 AND r.stream = ANY($5)
-              AND r.record_date BETWEEN $3::date AND $4::date
-              AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.stream = r.stream AND seen.record_id = r.record_id)
-            RETURNING 1
-        )
-        SELECT count(*) FROM removed
-        "#,
-        &[
-            window.pipeline_id.into(),
-            window.store_code.as_str().into(),
-            from.clone().into(),
-            to.clone().into(),
-            completion.completed_streams.to_vec().into(),
-        ],
-    )?
-    .unwrap_or(0);
+    let mut removed = 0;
+    for stream in completion.completed_streams {
+        let stale: Vec<String> = Spi::get_one_with_args::<Vec<String>>(
+            r#"
+            SELECT coalesce(array_agg(record_id), '{}') FROM (
+                SELECT r.record_id FROM orders_sync.records r
+                WHERE r.pipeline_id = $1 AND r.store_code = $2 AND r.stream = $5
+                  AND r.record_date BETWEEN $3::date AND $4::date
+                EXCEPT
+                SELECT unnest(p.record_ids) FROM orders_sync.window_pages p
+                WHERE p.pipeline_id = $1 AND p.store_code = $2 AND p.from_date = $3::date
+                  AND p.to_date = $4::date AND p.stream = $5
+            ) stale
+            "#,
+            &[
+                window.pipeline_id.into(),
+                window.store_code.as_str().into(),
+                from.clone().into(),
+                to.clone().into(),
+                stream.as_str().into(),
+            ],
+        )?
+        .unwrap_or_default();
+        if stale.is_empty() {
+            continue;
+        }
+        removed += stale.len() as i64;
+        Spi::run_with_args(
+            "DELETE FROM orders_sync.records
+             WHERE pipeline_id = $1 AND store_code = $2 AND stream = $3 AND record_id = ANY($4)",
+            &[window.pipeline_id.into(), window.store_code.as_str().into(), stream.as_str().into(), stale.into()],
+        )?;
+    }
 
-    // seed 000's compute_kpi_facts_daily, for exactly this store, streams and range.
     // Two statements, not one with a DELETE CTE: sub-statements of one query run in no
     // guaranteed order, and the INSERT must see the range already cleared.
     Spi::run_with_args(

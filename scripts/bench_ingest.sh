@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Ingest benchmark (issue 5): one window of ROWS records from the simulator into an empty
+# records table with one worker, end to end through orders_sync.sync_window; then the same
+# window again with nothing changed at the source. Prints rows/s for both and how many row
+# versions the re-sync wrote (target: none).
+#
+# Env: ROWS (default 1000000), PAGE_SIZE (default 10000), BENCH_PORT (default 55431).
+set -euo pipefail
+
+ROWS="${ROWS:-1000000}"
+PAGE_SIZE="${PAGE_SIZE:-10000}"
+DAYS=100
+PER_DAY=$(( ROWS / DAYS ))
+PORT="${BENCH_PORT:-55431}"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+work="${ORDERS_SYNC_WORK:-/var/tmp/orders_sync}"
+dir="$work/bench-ingest"
+target="${CARGO_TARGET_DIR:-$repo/target}"
+cd "$repo"
+
+bash scripts/setup.sh >/dev/null
+mkdir -p "$work" && chown postgres: "$work" 2>/dev/null || true
+cargo build -q --release -p orders_sync_simulator --bin orders_sync_simulator
+
+sim_pid=""
+cleanup() {
+  [ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null || true
+  scripts/pg_cluster.sh stop "$dir" || true
+}
+trap cleanup EXIT
+
+exec 9>"$work/pgrx.lock"
+flock 9   # the installed .so must not change under the benchmark's cluster
+cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
+scripts/pg_cluster.sh stop "$dir"
+rm -rf "$dir"
+dsn=$(scripts/pg_cluster.sh start "$dir" "$PORT" bench_ingest "shared_buffers = 1GB" "max_wal_size = 4GB")
+
+"$target/release/orders_sync_simulator" --listen 127.0.0.1:0 --rows-per-day "$PER_DAY" > "$dir/sim.out" &
+sim_pid=$!
+for _ in $(seq 50); do grep -q listening "$dir/sim.out" 2>/dev/null && break; sleep 0.1; done
+sim_url="http://$(sed -n 's/^listening on //p' "$dir/sim.out")"
+
+psql() { command psql "$dsn" -X -q -v ON_ERROR_STOP=1 "$@"; }
+psql -c "CREATE EXTENSION orders_sync CASCADE" \
+     -c "UPDATE orders_sync.pipelines SET base_url = '$sim_url', page_size = $PAGE_SIZE WHERE code = 'uc_orders_sync'" \
+     -c "INSERT INTO orders_sync.store_master (store_code, sync_group, start_date) VALUES ('BENCH', 'UC', '2026-01-01')"
+
+from=2026-01-01
+to=$(date -d "$from + $((DAYS - 1)) days" +%F)
+sync_seconds() {
+  local start end status
+  start=$(date +%s.%N)
+  status=$(psql -At -c "SELECT orders_sync.sync_window('uc_orders_sync', 'BENCH', '$from', '$to')")
+  end=$(date +%s.%N)
+  [ "$status" = success ] || { echo "bench_ingest: sync_window returned $status" >&2; exit 1; }
+  echo "$end - $start" | bc -l
+}
+versions() { psql -At -c "SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables WHERE relid = 'orders_sync.records'::regclass"; }
+
+first=$(sync_seconds)
+rows=$(psql -At -c "SELECT count(*) FROM orders_sync.records WHERE store_code = 'BENCH'")
+[ "$rows" -eq "$(( PER_DAY * DAYS ))" ] || { echo "bench_ingest: expected $(( PER_DAY * DAYS )) rows, found $rows" >&2; exit 1; }
+psql -c "VACUUM ANALYZE orders_sync.records" >/dev/null
+sleep 1; before=$(versions)
+second=$(sync_seconds)
+sleep 1; after=$(versions)
+
+printf 'ingest: first load  %d rows in %.2f s = %.0f rows/s\n' "$rows" "$first" "$(echo "$rows / $first" | bc -l)"
+printf 'ingest: re-sync     %d rows in %.2f s = %.0f rows/s, %d row versions written\n' \
+  "$rows" "$second" "$(echo "$rows / $second" | bc -l)" "$(( after - before ))"
+printf 'ingest: re-sync is %.1fx the first load\n' "$(echo "$first / $second" | bc -l)"
