@@ -4,7 +4,8 @@
 # window again with nothing changed at the source. Prints rows/s for both and how many row
 # versions the re-sync wrote (target: none).
 #
-# Env: ROWS (default 1000000), PAGE_SIZE (default 10000), BENCH_PORT (default 55431).
+# Env: ROWS (default 1000000), PAGE_SIZE (default 10000), BENCH_PORT (default 55431),
+# BENCH_KEEP=1 leaves the cluster running afterwards for inspection.
 set -euo pipefail
 
 ROWS="${ROWS:-1000000}"
@@ -23,9 +24,14 @@ mkdir -p "$work" && chown postgres: "$work" 2>/dev/null || true
 cargo build -q --release -p orders_sync_simulator --bin orders_sync_simulator
 
 sim_pid=""
+dsn=""
 cleanup() {
   [ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null || true
-  scripts/pg_cluster.sh stop "$dir" || true
+  if [ -n "${BENCH_KEEP:-}" ]; then
+    echo "bench_ingest: cluster left running for inspection: psql '$dsn'; stop: scripts/pg_cluster.sh stop $dir"
+  else
+    scripts/pg_cluster.sh stop "$dir" || true
+  fi
 }
 trap cleanup EXIT
 

@@ -33,3 +33,6 @@ GRANT SELECT ON orders_sync.sync_jobs, orders_sync.window_pages TO orders_sync_m
 
 -- Running syncs is the admin's job.
 GRANT EXECUTE ON FUNCTION orders_sync.sync_window(text, text, date, date, boolean, boolean, text) TO orders_sync_admin;
+
+-- The planner is read-only and reads only what the monitor role can read.
+GRANT EXECUTE ON FUNCTION orders_sync.plan_sync_windows(text, text, integer, integer, boolean, text, date) TO orders_sync_monitor;

@@ -1,2 +1,2 @@
-mod schema;
 mod plan;
+mod schema;

@@ -187,7 +187,8 @@ mod tests {
     #[pg_test]
     fn vietnam_pipeline_plans_through_tomorrow_in_utc_terms() {
         // 23:30 UTC on Jan 6 is already 06:30 on Jan 7 in Ho Chi Minh City.
-        Spi::run("UPDATE orders_sync.pipelines SET timezone = 'Asia/Ho_Chi_Minh' WHERE code = 'td_orders_sync'").unwrap();
+        Spi::run("UPDATE orders_sync.pipelines SET timezone = 'Asia/Ho_Chi_Minh' WHERE code = 'td_orders_sync'")
+            .unwrap();
         Spi::run("UPDATE orders_sync.pipelines SET timezone = 'UTC' WHERE code = 'uc_orders_sync'").unwrap();
         store("S001", "TD", "2026-01-01");
         store("U001", "UC", "2026-01-01");
@@ -195,9 +196,9 @@ mod tests {
         log("r1", "uc_orders_sync", "U001", "2026-01-01", "2026-01-06", "success");
 
         let now = Utc.with_ymd_and_hms(2026, 1, 6, 23, 30, 0).unwrap();
-        let params = PlanParams::from_sql_args(Some("test"), Some("ALL"), Some(90), Some(1), Some(false), None, None)
-            .unwrap();
-        let rows = Spi::connect(|client| plan_selection(&client, &params, now)).unwrap();
+        let params =
+            PlanParams::from_sql_args(Some("test"), Some("ALL"), Some(90), Some(1), Some(false), None, None).unwrap();
+        let rows = Spi::connect(|client| plan_selection(client, &params, now)).unwrap();
         let day = |d| NaiveDate::from_ymd_opt(2026, 1, d).unwrap();
         let summary: Vec<_> = rows
             .iter()
@@ -260,7 +261,8 @@ mod tests {
     #[pg_test(error = "invalid argument store_code: no selectable store \"S001\"")]
     fn store_of_another_sync_group_is_not_selectable() {
         store("S001", "TD", "2026-01-01");
-        Spi::run("SELECT * FROM orders_sync.plan_sync_windows('test', sync_group => 'UC', store_code => 'S001')").unwrap();
+        Spi::run("SELECT * FROM orders_sync.plan_sync_windows('test', sync_group => 'UC', store_code => 'S001')")
+            .unwrap();
     }
 
     #[pg_test(error = "invalid argument store_code: not a valid store code")]

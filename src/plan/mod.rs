@@ -78,7 +78,8 @@ pub fn plan_store(
         return plan;
     }
 
-    let covered = merge_day_ranges(successes.iter().map(|&(from, to)| (day_number(from), day_number(to))), start, today);
+    let covered =
+        merge_day_ranges(successes.iter().map(|&(from, to)| (day_number(from), day_number(to))), start, today);
     let Some(&(_, last_success_to)) = covered.last() else {
         push_chunks(&mut plan, start, today, chunk, |_, _| Reason::Backfill);
         return plan;
@@ -89,6 +90,7 @@ pub fn plan_store(
     let next_from = if overlap == 0 { last_success_to + 1 } else { max(start, last_success_to - overlap + 1) };
 
     // Holes before next_from: the seed never looks back, so these would stay missing forever.
+    // (The last covered range ends at last_success_to >= next_from - 1, so none is left after.)
     let mut cursor = start;
     for &(lo, hi) in &covered {
         if cursor >= next_from {
@@ -98,9 +100,6 @@ pub fn plan_store(
             push_chunks(&mut plan, cursor, min(lo - 1, next_from - 1), chunk, |_, _| Reason::Missing);
         }
         cursor = max(cursor, hi + 1);
-    }
-    if cursor < next_from {
-        push_chunks(&mut plan, cursor, next_from - 1, chunk, |_, _| Reason::Missing);
     }
 
     // Forward from next_from; when K > 0 the overlap range starts exactly there.
@@ -127,11 +126,8 @@ pub fn plan_store(
 /// overlapping and adjacent ones: the covered days as sorted, disjoint, non-adjacent ranges.
 /// Works on any consistent day numbering (days since CE here, PostgreSQL's epoch in `sql`).
 pub fn merge_day_ranges(ranges: impl IntoIterator<Item = (i64, i64)>, lo: i64, hi: i64) -> Vec<(i64, i64)> {
-    let mut clipped: Vec<(i64, i64)> = ranges
-        .into_iter()
-        .map(|(from, to)| (max(from, lo), min(to, hi)))
-        .filter(|(from, to)| from <= to)
-        .collect();
+    let mut clipped: Vec<(i64, i64)> =
+        ranges.into_iter().map(|(from, to)| (max(from, lo), min(to, hi))).filter(|(from, to)| from <= to).collect();
     // The log arrives in index order, so this is usually already sorted.
     if !clipped.is_sorted() {
         clipped.sort_unstable();
@@ -147,13 +143,7 @@ pub fn merge_day_ranges(ranges: impl IntoIterator<Item = (i64, i64)>, lo: i64, h
 }
 
 /// Cuts `[from, to]` into consecutive windows of at most `chunk` days.
-fn push_chunks(
-    plan: &mut Vec<PlannedWindow>,
-    from: i64,
-    to: i64,
-    chunk: i64,
-    reason: impl Fn(i64, i64) -> Reason,
-) {
+fn push_chunks(plan: &mut Vec<PlannedWindow>, from: i64, to: i64, chunk: i64, reason: impl Fn(i64, i64) -> Reason) {
     let mut window_from = from;
     while window_from <= to {
         let window_to = min(window_from + chunk - 1, to);
@@ -337,7 +327,10 @@ mod tests {
 
     #[test]
     fn merge_joins_overlapping_and_adjacent_ranges_and_clips() {
-        assert_eq!(merge_day_ranges([(5, 7), (1, 2), (3, 3), (6, 9), (11, 12), (20, 30)], 2, 25), vec![(2, 3), (5, 9), (11, 12), (20, 25)]);
+        assert_eq!(
+            merge_day_ranges([(5, 7), (1, 2), (3, 3), (6, 9), (11, 12), (20, 30)], 2, 25),
+            vec![(2, 3), (5, 9), (11, 12), (20, 25)]
+        );
         assert_eq!(merge_day_ranges([(1, 10)], 11, 20), vec![]);
         assert_eq!(merge_day_ranges([(i64::MIN, i64::MAX)], 0, 3), vec![(0, 3)]);
     }

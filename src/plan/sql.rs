@@ -2,7 +2,7 @@
 //!
 //! Two queries whatever the number of stores: the selected pipelines (to compute each one's
 //! "today" in its own time zone), then every selected store with its success windows as two
-//! date arrays, aggregated by the database in one pass over `ix_orders_sync_log_success`.
+//! date arrays, each store's read by one index-only range scan of `ix_orders_sync_log_success`.
 //! Rust merges each store's windows and hands them to the pure `plan::plan_store`.
 //! `run_profiler` enqueues exactly the `will_run` rows of `plan_selection`, so the dry run and
 //! the real run cannot disagree.
@@ -76,8 +76,11 @@ impl PlanParams {
             Some("UC") => SyncGroup::Uc,
             Some("ALL") => SyncGroup::All,
             Some(other) => {
-                return Err(SqlError::invalid_argument("sync_group", format!("unknown sync group \"{}\"", shorten(other)))
-                    .with_hint("Use 'TD', 'UC' or 'ALL' (upper case)."))
+                return Err(SqlError::invalid_argument(
+                    "sync_group",
+                    format!("unknown sync group \"{}\"", shorten(other)),
+                )
+                .with_hint("Use 'TD', 'UC' or 'ALL' (upper case)."))
             }
             None => {
                 return Err(SqlError::invalid_argument("sync_group", "must not be NULL")
@@ -103,13 +106,7 @@ impl PlanParams {
                     .with_hint("Pass a calendar date, or NULL for today in each pipeline's time zone.")
             })?),
         };
-        Ok(PlanParams {
-            env,
-            sync_group,
-            policy: Policy { window_days, overlap_days, force },
-            store_code,
-            as_of,
-        })
+        Ok(PlanParams { env, sync_group, policy: Policy { window_days, overlap_days, force }, store_code, as_of })
     }
 }
 
@@ -118,11 +115,10 @@ fn days_argument(name: &str, value: Option<i32>, min: i32) -> Result<u32, SqlErr
     match value {
         None => Err(SqlError::invalid_argument(name, "must not be NULL").with_hint(hint)),
         Some(days) if (min..=MAX_DAYS).contains(&days) => Ok(days as u32),
-        Some(days) => Err(SqlError::invalid_argument(
-            name,
-            format!("must be between {min} and {MAX_DAYS}, got {days}"),
-        )
-        .with_hint(hint)),
+        Some(days) => {
+            Err(SqlError::invalid_argument(name, format!("must be between {min} and {MAX_DAYS}, got {days}"))
+                .with_hint(hint))
+        }
     }
 }
 
@@ -177,6 +173,7 @@ struct StoreHistory {
 /// The whole plan for `params`, ordered by pipeline code, store code and `from` date.
 /// Runs inside the caller's SPI connection and reads only; `now` decides each pipeline's today
 /// unless `params.as_of` is set.
+#[allow(dead_code)] // the entry point for run_profiler, which enqueues exactly the will_run rows
 pub fn plan_selection(
     client: &SpiClient<'_>,
     params: &PlanParams,
@@ -186,19 +183,17 @@ pub fn plan_selection(
     Ok(plan_rows(pipelines, stores, params.policy).collect())
 }
 
-/// Plans store by store, lazily: a forced plan of many small windows is never all in memory
-/// at once when streamed into the SQL function's result.
+/// Plans store by store, lazily: streamed into the SQL function's result, a forced plan of
+/// many small windows is never all held in Rust memory (PostgreSQL's tuplestore can spill).
 fn plan_rows(pipelines: Vec<PipelineDay>, stores: Vec<StoreHistory>, policy: Policy) -> impl Iterator<Item = PlanRow> {
     stores.into_iter().flat_map(move |store| {
         let pipeline = pipelines[store.pipeline].clone();
-        plan_store(store.start_date, &store.successes, pipeline.today, policy)
-            .into_iter()
-            .map(move |window| PlanRow {
-                pipeline_id: pipeline.id,
-                pipeline_code: pipeline.code.clone(),
-                store_code: store.store_code.clone(),
-                window,
-            })
+        plan_store(store.start_date, &store.successes, pipeline.today, policy).into_iter().map(move |window| PlanRow {
+            pipeline_id: pipeline.id,
+            pipeline_code: pipeline.code.clone(),
+            store_code: store.store_code.clone(),
+            window,
+        })
     })
 }
 
@@ -209,38 +204,39 @@ fn load_selection(
 ) -> Result<(Vec<PipelineDay>, Vec<StoreHistory>), SqlError> {
     let pipelines = load_pipelines(client, params, now)?;
     let mut stores = Vec::new();
+    let mut any_selected = false;
     if !pipelines.is_empty() {
         let ids: Vec<i64> = pipelines.iter().map(|p| p.id).collect();
-        // One pass over the success windows of the selected pipelines (GroupAggregate over the
-        // partial index, in index order), joined to the selected stores. Stores without any
-        // success get NULL arrays. store_master.store_code is COLLATE "C", so ordering by it
-        // is byte order, as in Rust.
-        let table = client
+        // For each selected store, its success windows as two date arrays: one range scan of
+        // the partial index ix_orders_sync_log_success per store (index-only, in from_date
+        // order), so no per-row grouping work. COLLATE "default": the log's store_code is not
+        // "C" like store_master's, and the comparison must be in the index's collation to be
+        // an index condition. No ORDER BY: with hundreds of dates per row the sort would spill
+        // at the default work_mem; Rust sorts the stores instead.
+        let mut table = client
             .select(
                 "SELECT p.id, s.store_code::text, s.start_date, cov.from_dates, cov.to_dates
                  FROM orders_sync.pipelines p
                  JOIN orders_sync.store_master s ON s.sync_group = p.sync_group
-                 LEFT JOIN (
-                     SELECT l.pipeline_id, l.store_code,
-                            array_agg(l.from_date) AS from_dates, array_agg(l.to_date) AS to_dates
+                 CROSS JOIN LATERAL (
+                     SELECT array_agg(l.from_date) AS from_dates, array_agg(l.to_date) AS to_dates
                      FROM orders_sync.orders_sync_log l
-                     WHERE l.status = 'success' AND l.pipeline_id = ANY ($1)
-                       AND ($2::text IS NULL OR l.store_code = $2)
-                     GROUP BY l.pipeline_id, l.store_code
-                 ) cov ON cov.pipeline_id = p.id AND cov.store_code = s.store_code
+                     WHERE l.pipeline_id = p.id AND l.store_code = s.store_code COLLATE \"default\"
+                       AND l.status = 'success'
+                 ) cov
                  WHERE p.id = ANY ($1)
                    AND s.is_active AND s.start_date IS NOT NULL AND s.store_code IS NOT NULL
-                   AND ($2::text IS NULL OR s.store_code = $2)
-                 ORDER BY p.code COLLATE \"C\", s.store_code",
+                   AND ($2::text IS NULL OR s.store_code = $2)",
                 None,
                 &[ids.into(), params.store_code.clone().into()],
             )
             .map_err(spi_failed)?;
+        any_selected = !table.is_empty();
         stores.reserve(table.len());
-        for row in table {
-            let pipeline_id: i64 = row.get(1).map_err(spi_failed)?.ok_or_else(|| unexpected_null("id"))?;
-            let store_code: String = row.get(2).map_err(spi_failed)?.ok_or_else(|| unexpected_null("store_code"))?;
-            let start: Date = row.get(3).map_err(spi_failed)?.ok_or_else(|| unexpected_null("start_date"))?;
+        while table.next().is_some() {
+            let pipeline_id: i64 = table.get(1).map_err(spi_failed)?.ok_or_else(|| unexpected_null("id"))?;
+            let store_code: String = table.get(2).map_err(spi_failed)?.ok_or_else(|| unexpected_null("store_code"))?;
+            let start: Date = table.get(3).map_err(spi_failed)?.ok_or_else(|| unexpected_null("start_date"))?;
             let Some(pipeline) = pipelines.iter().position(|p| p.id == pipeline_id) else {
                 continue;
             };
@@ -251,29 +247,33 @@ fn load_selection(
                 continue;
             };
             let today = pipelines[pipeline].today;
-            let from_dates: Option<Array<Date>> = row.get(4).map_err(spi_failed)?;
-            let to_dates: Option<Array<Date>> = row.get(5).map_err(spi_failed)?;
             // Merge here, in PostgreSQL's day numbers, so that the planner gets a handful of
             // covered ranges instead of a few hundred log rows per store.
-            let (lo, hi) = (pg_day(start_date), pg_day(today));
-            let covered = match (from_dates, to_dates) {
-                (Some(from), Some(to)) => merge_day_ranges(
-                    from.iter_deny_null()
-                        .zip(to.iter_deny_null())
-                        .map(|(f, t)| (i64::from(f.to_pg_epoch_days()), i64::from(t.to_pg_epoch_days()))),
-                    lo,
-                    hi,
-                ),
+            let from = table.get_datum_by_ordinal(4).map_err(spi_failed)?;
+            let to = table.get_datum_by_ordinal(5).map_err(spi_failed)?;
+            let covered = match (from, to) {
+                (Some(from), Some(to)) => {
+                    // SAFETY: columns 4 and 5 are date[] aggregates of NOT NULL columns, read
+                    // while the SPI tuple table that holds them is alive.
+                    let (from, to) = unsafe { (day_numbers(from), day_numbers(to)) };
+                    let (from, to) = (from.as_slice(), to.as_slice());
+                    let (Ok(from), Ok(to)) = (from, to) else {
+                        return Err(unexpected_null("from_date or to_date"));
+                    };
+                    let pairs = from.iter().zip(to).map(|(&f, &t)| (i64::from(f), i64::from(t)));
+                    merge_day_ranges(pairs, pg_day(start_date), pg_day(today))
+                }
                 _ => Vec::new(),
             };
             let successes = covered.into_iter().map(|(f, t)| (date_of_pg_day(f), date_of_pg_day(t))).collect();
             stores.push(StoreHistory { pipeline, store_code, start_date, successes });
         }
+        // Pipelines are already ordered by code; store_master.store_code is COLLATE "C", so
+        // byte order is the order a DBA's ORDER BY store_code shows.
+        stores.sort_unstable_by(|a, b| (a.pipeline, &a.store_code).cmp(&(b.pipeline, &b.store_code)));
     }
-    if stores.is_empty() {
-        if let Some(code) = &params.store_code {
-            return Err(unselectable_store(client, code, params.sync_group));
-        }
+    if let (false, Some(code)) = (any_selected, &params.store_code) {
+        return Err(unselectable_store(client, code, params.sync_group));
     }
     Ok((pipelines, stores))
 }
@@ -353,6 +353,17 @@ fn unselectable_store(client: &SpiClient<'_>, code: &str, group: SyncGroup) -> S
     SqlError::invalid_argument("store_code", format!("no selectable store \"{code}\"")).with_hint(hint)
 }
 
+/// A date[] datum viewed in place as the int4[] it is laid out as: a date is an int32 day number
+/// (DateADT), and an array's layout depends only on its elements' size and alignment. Typed,
+/// element-by-element access cost more than all the rest of the planning together.
+///
+/// # Safety
+/// `datum` must be a non-NULL date[] that outlives the returned array.
+unsafe fn day_numbers<'a>(datum: pg_sys::Datum) -> Array<'a, i32> {
+    // SAFETY: forwarded to the caller; a non-NULL datum always yields Some.
+    unsafe { Array::<i32>::from_polymorphic_datum(datum, false, pg_sys::DATEARRAYOID) }.expect("a non-NULL array datum")
+}
+
 fn spi_failed(error: SpiError) -> SqlError {
     SqlError::internal(format!("orders_sync planner: reading the sync log failed: {error}"))
 }
@@ -416,8 +427,8 @@ fn plan_sync_windows(
 > {
     let params = PlanParams::from_sql_args(env, sync_group, window_days, overlap_days, force, store_code, as_of)
         .unwrap_or_else(|e| e.raise());
-    let (pipelines, stores) = Spi::connect(|client| load_selection(&client, &params, Utc::now()))
-        .unwrap_or_else(|e| e.raise());
+    let (pipelines, stores) =
+        Spi::connect(|client| load_selection(client, &params, Utc::now())).unwrap_or_else(|e| e.raise());
     TableIterator::new(plan_rows(pipelines, stores, params.policy).map(|row| {
         (
             row.pipeline_code,
