@@ -40,7 +40,7 @@ flock 9   # the installed .so must not change under the benchmark's cluster
 cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
 scripts/pg_cluster.sh stop "$dir"
 rm -rf "$dir"
-dsn=$(scripts/pg_cluster.sh start "$dir" "$PORT" bench_ingest "shared_buffers = 1GB" "max_wal_size = 4GB")
+dsn=$(scripts/pg_cluster.sh start "$dir" "$PORT" bench_ingest "shared_buffers = 1GB" "max_wal_size = 4GB" ${BENCH_PG_SETTINGS:-})
 
 "$target/release/orders_sync_simulator" --listen 127.0.0.1:0 --rows-per-day "$PER_DAY" > "$dir/sim.out" &
 sim_pid=$!

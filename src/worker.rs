@@ -86,6 +86,10 @@ pub enum JobEnd {
 /// by page from its saved cursor, then the completion. Never panics on a source's or the
 /// database's error: every failure ends up as a status and an `error_message`.
 pub fn run_job(job_id: i64, store_code: &str) -> JobEnd {
+    // Page commits need not wait for the WAL flush: a page lost in a crash was committed
+    // together with its cursor, so the next attempt simply fetches it again, and commit order
+    // is kept, so the log can never say `success` for pages that were lost.
+    let _ = in_transaction(|| Spi::run("SET synchronous_commit = off"));
     match in_transaction(|| queue::try_lock_store(store_code)) {
         Ok(true) => {}
         Ok(false) => {
@@ -112,15 +116,16 @@ fn run_locked_job(job_id: i64) -> JobEnd {
     // reqwest starts a runtime thread; it must never run PostgreSQL's signal handlers.
     let client = match with_signals_blocked(|| SourceClient::new(attempt.source.clone())) {
         Ok(client) => client,
-        Err(error) => return finish(&attempt, &[], &[false], Some(format!("source settings: {error}"))),
+        Err(error) => return finish(&attempt, &[], &[], &[false], Some(format!("source settings: {error}"))),
     };
     let resume = match in_transaction(|| queue::resume_points(&attempt.window, &attempt.streams)) {
         Ok(points) => points,
-        Err(message) => return finish(&attempt, &[], &[false], Some(message)),
+        Err(message) => return finish(&attempt, &[], &[], &[false], Some(message)),
     };
 
     let mut pulled = Vec::new();
     let mut completed_streams = Vec::new();
+    let mut fresh_streams = Vec::new();
     let mut errors = Vec::new();
     for (position, (stream, point)) in attempt.streams.iter().zip(resume).enumerate() {
         let stamp = PulledStamp::for_position(
@@ -130,7 +135,11 @@ fn run_locked_job(job_id: i64) -> JobEnd {
             // Pulled completely by an interrupted earlier attempt: only the stamp is new.
             in_transaction(|| write::stamp_pulled(attempt.log_id, stamp)).map_err(StreamError::Write)
         } else {
-            pull_stream(&client, &attempt, stream, stamp, point.next_page_no.max(1), point.page_token)
+            pull_stream(&client, &attempt, stream, stamp, point.next_page_no.max(1), point.page_token).map(|fresh| {
+                if fresh {
+                    fresh_streams.push(stream.clone());
+                }
+            })
         };
         match result {
             Ok(()) => {
@@ -155,7 +164,7 @@ fn run_locked_job(job_id: i64) -> JobEnd {
         }
     }
     let message = (!errors.is_empty()).then(|| errors.join("; "));
-    finish(&attempt, &completed_streams, &pulled, message)
+    finish(&attempt, &completed_streams, &fresh_streams, &pulled, message)
 }
 
 enum StreamError {
@@ -177,50 +186,130 @@ impl StreamError {
 }
 
 /// Pulls one stream from `page_no` / `page_token` to its last page, committing each page
-/// with its cursor; the stream's pulled-at stamp commits with its last page.
+/// with its cursor; the stream's pulled-at stamp commits with its last page. Returns whether
+/// the window held no records of the stream when it started.
+///
+/// Pages are fetched one ahead on a helper thread, so HTTP and parsing overlap the previous
+/// page's write. Only this (main) thread touches PostgreSQL; the cursor saved with a page is
+/// always that page's own `next_page_token`, so a page fetched ahead and never written is
+/// simply fetched again by the next attempt.
 fn pull_stream(
     client: &SourceClient,
     attempt: &Attempt,
     stream: &str,
     stamp: PulledStamp,
-    mut page_no: i32,
-    mut page_token: Option<String>,
+    first_page_no: i32,
+    first_token: Option<String>,
+) -> Result<bool, StreamError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+
+    // A window with no records of this stream yet (the usual backfill) needs no
+    // unchanged-record filtering: every record is new.
+    let fresh = in_transaction(|| write::window_is_empty(&attempt.window, stream)).map_err(StreamError::Write)?;
+    let stop = AtomicBool::new(false);
+    let (pages, received) = mpsc::sync_channel::<(i32, Result<crate::fetch::Page, FetchError>)>(1);
+    std::thread::scope(|scope| {
+        let stop = &stop;
+        // Spawned with every signal blocked: PostgreSQL's handlers must run on this thread only.
+        with_signals_blocked(|| scope.spawn(move || {
+            let mut page_no = first_page_no;
+            let mut token = first_token;
+            loop {
+                let request = PageRequest {
+                    store_code: &attempt.window.store_code,
+                    stream,
+                    from: attempt.window.from,
+                    to: attempt.window.to,
+                    page_token: token.as_deref(),
+                };
+                let result = client.fetch_page(&request, &|| stop.load(Ordering::Relaxed));
+                let next = result.as_ref().ok().and_then(|page| page.next_page_token.clone());
+                let done = next.is_none();
+                if pages.send((page_no, result)).is_err() || done {
+                    return;
+                }
+                token = next;
+                page_no += 1;
+            }
+        }));
+        let outcome = write_pages(attempt, stream, stamp, fresh, first_page_no, &received, &stop);
+        // Whatever happened, let the fetcher finish: it stops at its next check or send.
+        stop.store(true, Ordering::Relaxed);
+        drop(received);
+        outcome.map(|()| fresh)
+    })
+}
+
+/// The main-thread half of `pull_stream`: waits for each fetched page (watching for
+/// SIGTERM/cancel meanwhile) and commits it.
+fn write_pages(
+    attempt: &Attempt,
+    stream: &str,
+    stamp: PulledStamp,
+    fresh: bool,
+    first_page_no: i32,
+    received: &std::sync::mpsc::Receiver<(i32, Result<crate::fetch::Page, FetchError>)>,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> Result<(), StreamError> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut next_page_no = first_page_no;
+    // Where a stream's time goes: waiting for the source vs writing (DEBUG1 in the server log).
+    let (mut waited, mut written) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    let report = |waited: std::time::Duration, written: std::time::Duration, pages: i32| {
+        debug1!(
+            "orders_sync: store {} {stream}: {pages} pages, {} ms waiting for the source, {} ms writing",
+            attempt.window.store_code,
+            waited.as_millis(),
+            written.as_millis()
+        );
+    };
     loop {
         if stop_requested() {
-            return Err(StreamError::Stopped { page_no });
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(StreamError::Stopped { page_no: next_page_no });
         }
-        let request = PageRequest {
-            store_code: &attempt.window.store_code,
-            stream,
-            from: attempt.window.from,
-            to: attempt.window.to,
-            page_token: page_token.as_deref(),
+        let wait_started = std::time::Instant::now();
+        let received_page = received.recv_timeout(std::time::Duration::from_millis(100));
+        waited += wait_started.elapsed();
+        let (page_no, result) = match received_page {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Err(StreamError::Stopped { page_no: next_page_no }),
         };
-        let page = match client.fetch_page(&request, &stop_requested) {
+        next_page_no = page_no;
+        let page = match result {
             Ok(page) => page,
             Err(FetchError::Cancelled { .. }) => return Err(StreamError::Stopped { page_no }),
             Err(error) => return Err(StreamError::Fetch { page_no, error }),
         };
         let next_token = page.next_page_token.clone();
         let last = next_token.is_none();
+        let write_started = std::time::Instant::now();
         in_transaction(|| {
-            write::write_page(&attempt.window, attempt.job_id, stream, page_no, page.records, next_token.as_deref())?;
+            write::write_page(&attempt.window, attempt.job_id, stream, page_no, page.records, next_token.as_deref(), fresh)?;
             if last {
                 write::stamp_pulled(attempt.log_id, stamp)?;
             }
             Ok(())
         })
         .map_err(|message| StreamError::Write(format!("page {page_no}: {message}")))?;
+        written += write_started.elapsed();
         if last {
+            report(waited, written, page_no - first_page_no + 1);
             return Ok(());
         }
-        page_token = next_token;
-        page_no += 1;
+        next_page_no = page_no + 1;
     }
 }
 
-fn finish(attempt: &Attempt, completed_streams: &[String], pulled: &[bool], error_message: Option<String>) -> JobEnd {
+fn finish(
+    attempt: &Attempt,
+    completed_streams: &[String],
+    fresh_streams: &[String],
+    pulled: &[bool],
+    error_message: Option<String>,
+) -> JobEnd {
     let status = window_status(pulled);
     let completion = Completion {
         window: &attempt.window,
@@ -229,6 +318,7 @@ fn finish(attempt: &Attempt, completed_streams: &[String], pulled: &[bool], erro
         log_id: attempt.log_id,
         streams: &attempt.streams,
         completed_streams,
+        fresh_streams,
         status,
         error_message: error_message.as_deref(),
     };

@@ -28,6 +28,11 @@ fn date_text(date: NaiveDate) -> String {
 /// all in the caller's transaction. Records are sorted by id first: the upsert is bound by the
 /// primary-key index, and key-ordered batches touch it far more cheaply. Unchanged records
 /// (same date, amount and payload) are not rewritten, so a re-sync writes no row versions.
+/// `fresh` says the window held no records of this stream when the stream started: then
+/// every record is new and the unchanged-record filter is skipped. Otherwise records whose
+/// text is unchanged (same md5 as stored: the text carries date and amount too) are filtered
+/// out with a plain index probe first, before any JSON is parsed: an ON CONFLICT ... DO
+/// UPDATE ... WHERE that declines would still lock, and so dirty, every conflicting row.
 /// Returns how many records were inserted or changed.
 pub fn write_page(
     window: &Window,
@@ -36,6 +41,7 @@ pub fn write_page(
     page_no: i32,
     mut records: Vec<Record>,
     next_page_token: Option<&str>,
+    fresh: bool,
 ) -> SpiResult<i64> {
     records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     let row_count = records.len() as i32;
@@ -63,20 +69,31 @@ pub fn write_page(
             SET pages_done = pages_done + 1, rows_written = rows_written + $8, heartbeat_at = now()
             WHERE id = $10
         ),
-        upserted AS (
-            INSERT INTO orders_sync.records AS r
-                (pipeline_id, store_code, stream, record_id, record_date, amount, payload)
-            SELECT $1, $2, $5, u.record_id, u.record_date::date, u.amount::numeric, u.payload::jsonb
+        incoming AS (
+            SELECT u.record_id, u.record_date, u.amount, u.payload, md5(u.payload)::uuid AS payload_md5
             FROM unnest($9::text[], $11::text[], $12::text[], $13::text[])
                  AS u(record_id, record_date, amount, payload)
+        ),
+        changed AS (
+            SELECT i.* FROM incoming i
+            WHERE $14
+               OR NOT EXISTS (
+                   SELECT 1 FROM orders_sync.records r
+                   WHERE r.pipeline_id = $1 AND r.store_code = $2 AND r.stream = $5
+                     AND r.record_id = i.record_id AND r.payload_md5 = i.payload_md5)
+        ),
+        upserted AS (
+            INSERT INTO orders_sync.records AS r
+                (pipeline_id, store_code, stream, record_id, record_date, amount, payload, payload_md5)
+            SELECT $1, $2, $5, c.record_id, c.record_date::date, c.amount::numeric, c.payload::jsonb, c.payload_md5
+            FROM changed c
             ON CONFLICT (pipeline_id, store_code, stream, record_id) DO UPDATE
             SET record_date = EXCLUDED.record_date,
                 amount = EXCLUDED.amount,
                 payload = EXCLUDED.payload,
+                payload_md5 = EXCLUDED.payload_md5,
                 synced_at = now()
-            WHERE r.payload IS DISTINCT FROM EXCLUDED.payload
-               OR r.record_date IS DISTINCT FROM EXCLUDED.record_date
-               OR r.amount IS DISTINCT FROM EXCLUDED.amount
+            WHERE r.payload_md5 IS DISTINCT FROM EXCLUDED.payload_md5
             RETURNING 1
         )
         SELECT count(*) FROM upserted
@@ -95,9 +112,28 @@ pub fn write_page(
             dates.into(),
             amounts.into(),
             payloads.into(),
+            fresh.into(),
         ],
     )
     .map(|changed| changed.unwrap_or(0))
+}
+
+/// Whether the window holds no records of `stream` yet.
+pub fn window_is_empty(window: &Window, stream: &str) -> SpiResult<bool> {
+    Spi::get_one_with_args::<bool>(
+        "SELECT NOT EXISTS (
+             SELECT 1 FROM orders_sync.records
+             WHERE pipeline_id = $1 AND store_code = $2 AND stream = $3
+               AND record_date BETWEEN $4::date AND $5::date)",
+        &[
+            window.pipeline_id.into(),
+            window.store_code.as_str().into(),
+            stream.into(),
+            date_text(window.from).into(),
+            date_text(window.to).into(),
+        ],
+    )
+    .map(|empty| empty.unwrap_or(false))
 }
 
 /// Stamps the log row once a stream has been pulled completely (seed 003 §C).
@@ -119,6 +155,8 @@ pub struct Completion<'a> {
     pub streams: &'a [String],
     /// Streams pulled completely: records the source no longer returns are removed for them.
     pub completed_streams: &'a [String],
+    /// Streams that had no records in the window when this attempt began.
+    pub fresh_streams: &'a [String],
     pub status: WindowStatus,
     pub error_message: Option<&'a str>,
 }
@@ -138,6 +176,33 @@ pub fn complete_window(completion: &Completion) -> SpiResult<i64> {
     Spi::run("SET LOCAL work_mem = '256MB'")?;
     let mut removed = 0;
     for stream in completion.completed_streams {
+        if completion.fresh_streams.contains(stream) {
+            // Empty when the stream started, and written only by this attempt since
+            // (the store lock keeps other writers out): nothing in it can be stale.
+            continue;
+        }
+        // Every id the source returned is now stored in the range; if the range holds
+        // exactly as many records as distinct ids were seen, none is stale.
+        let nothing_stale = Spi::get_one_with_args::<bool>(
+            "SELECT (SELECT count(*) FROM orders_sync.records
+                     WHERE pipeline_id = $1 AND store_code = $2 AND stream = $5
+                       AND record_date BETWEEN $3::date AND $4::date)
+                  = (SELECT count(DISTINCT seen.record_id)
+                     FROM orders_sync.window_pages p CROSS JOIN LATERAL unnest(p.record_ids) AS seen(record_id)
+                     WHERE p.pipeline_id = $1 AND p.store_code = $2 AND p.from_date = $3::date
+                       AND p.to_date = $4::date AND p.stream = $5)",
+            &[
+                window.pipeline_id.into(),
+                window.store_code.as_str().into(),
+                from.clone().into(),
+                to.clone().into(),
+                stream.as_str().into(),
+            ],
+        )?
+        .unwrap_or(false);
+        if nothing_stale {
+            continue;
+        }
         let stale: Vec<String> = Spi::get_one_with_args::<Vec<String>>(
             r#"
             SELECT coalesce(array_agg(record_id), '{}') FROM (

@@ -86,6 +86,11 @@ fn a_login_role_with_monitor_rights_reads_views_but_not_credentials() {
     assert_eq!(message, "permission denied for table pipeline_credentials");
     let message = error_of(&mut dashboard, "UPDATE orders_sync.store_master SET is_active = false");
     assert_eq!(message, "permission denied for table store_master");
+    // The planner's dry run is a read; running a sync is not the monitor's business.
+    let planned: i64 = scalar(&mut dashboard, "SELECT count(*) FROM orders_sync.plan_sync_windows('dashboard')");
+    assert!(planned >= 0);
+    let message = error_of(&mut dashboard, "SELECT orders_sync.sync_window('uc_orders_sync', 'S1')");
+    assert_eq!(message, "permission denied for function sync_window");
     drop(dashboard);
     db.batch_execute("DELETE FROM orders_sync.pipeline_credentials; DROP ROLE it_dashboard").unwrap();
 }
