@@ -229,8 +229,9 @@ CREATE TABLE orders_sync.records (
     amount      NUMERIC,
     payload     JSONB NOT NULL,
     -- md5 of the record's text as the source sent it: a re-sync recognises an unchanged
-    -- record by this alone, without parsing its JSON again.
-    payload_md5 UUID NOT NULL,
+    -- record by this alone, without parsing its JSON again. NULL (rows written by other
+    -- means) just counts as changed.
+    payload_md5 UUID,
     synced_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     CONSTRAINT records_pkey PRIMARY KEY (pipeline_id, store_code, stream, record_id)
 );
