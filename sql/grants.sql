@@ -36,3 +36,9 @@ GRANT EXECUTE ON FUNCTION orders_sync.sync_window(text, text, date, date, boolea
 
 -- The planner is read-only and reads only what the monitor role can read.
 GRANT EXECUTE ON FUNCTION orders_sync.plan_sync_windows(text, text, integer, integer, boolean, text, date) TO orders_sync_monitor;
+
+-- Monitoring (sql/observe.sql).
+GRANT SELECT ON orders_sync.job_progress, orders_sync.store_freshness, orders_sync.run_history,
+    orders_sync.stuck_candidates TO orders_sync_monitor;
+GRANT EXECUTE ON FUNCTION orders_sync.store_lock_held(text) TO orders_sync_monitor;
+GRANT EXECUTE ON FUNCTION orders_sync.prune_history(interval) TO orders_sync_admin;

@@ -21,6 +21,8 @@ mod write;
 extension_sql_file!("../sql/schema.sql", name = "schema", requires = [clock::check_timezone]);
 // Typed per-stream views over the records store.
 extension_sql_file!("../sql/views.sql", name = "views", requires = ["schema"]);
+// Monitoring views and history pruning (the "observe" stage).
+extension_sql_file!("../sql/observe.sql", name = "observe", requires = ["schema"]);
 // Privileges: runs last so that it sees every function pgrx generated.
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

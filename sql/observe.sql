@@ -1,0 +1,187 @@
+-- The "observe" stage: what a DBA watches (seed 002's progress view, freshness, history,
+-- stuck candidates). Plain SQL over the queue and the log; nothing here writes.
+
+-- Whether the session advisory lock a worker holds on a store while it syncs it is taken.
+-- A `running` row next to a free lock means its worker is gone.
+CREATE FUNCTION orders_sync.store_lock_held(store_code text) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_locks l
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+          AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+          AND l.classid = hashtext('orders_sync.store')::oid
+          AND l.objid = hashtext(store_code)::oid)
+$$;
+
+COMMENT ON FUNCTION orders_sync.store_lock_held(text) IS
+    'True while some orders_sync worker holds the per-store advisory lock of this store.';
+
+-- Live progress of each running or recent job (seed 002's v_ads_sync_progress_status).
+CREATE VIEW orders_sync.job_progress AS
+SELECT j.id AS job_id,
+       j.run_id,
+       p.code AS pipeline,
+       j.store_code,
+       j.from_date,
+       j.to_date,
+       j.reason,
+       j.status,
+       j.pages_done,
+       j.rows_written,
+       -- The wire contract does not announce how many pages a stream has: a percentage is
+       -- known once a job has ended, and for a running job by the streams it completed.
+       CASE
+           WHEN j.status IN ('success', 'partial', 'failed', 'skipped') THEN 100.0
+           WHEN j.status = 'running' THEN round(100.0 * (
+                   (CASE WHEN l.orders_pulled_at IS NOT NULL AND p.streams[1] = ANY (j.streams) THEN 1 ELSE 0 END)
+                 + (CASE WHEN l.sales_pulled_at IS NOT NULL AND p.streams[2] = ANY (j.streams) THEN 1 ELSE 0 END))
+                 / cardinality(j.streams), 1)
+       END AS percent_streams_done,
+       j.worker_pid,
+       j.started_at,
+       j.heartbeat_at,
+       round(extract(epoch FROM now() - j.heartbeat_at) / 60.0, 1) AS minutes_since_heartbeat,
+       (SELECT count(*) FROM orders_sync.orders_sync_log f
+        WHERE f.pipeline_id = j.pipeline_id AND f.store_code = j.store_code
+          AND f.from_date = j.from_date AND f.to_date = j.to_date
+          AND f.status IN ('failed', 'partial')) AS failed_attempts,
+       l.attempt_no,
+       j.error_message
+FROM orders_sync.sync_jobs j
+JOIN orders_sync.pipelines p ON p.id = j.pipeline_id
+LEFT JOIN orders_sync.orders_sync_log l ON l.id = j.log_id
+WHERE j.status IN ('queued', 'running') OR j.finished_at > now() - interval '1 day';
+
+COMMENT ON VIEW orders_sync.job_progress IS
+    'Each queued, running or recently finished job: pages, rows, minutes since its last heartbeat, failed attempts at its window.';
+
+-- Per store + pipeline: the last successful day and how far behind today (in the pipeline's
+-- time zone) it is.
+CREATE VIEW orders_sync.store_freshness AS
+WITH last_success AS (
+    SELECT l.pipeline_id, l.store_code, max(l.to_date) AS last_success_day
+    FROM orders_sync.orders_sync_log l
+    WHERE l.status = 'success'
+    GROUP BY l.pipeline_id, l.store_code
+),
+latest AS (
+    SELECT DISTINCT ON (l.pipeline_id, l.store_code)
+           l.pipeline_id, l.store_code, l.status, l.error_message, l.updated_at
+    FROM orders_sync.orders_sync_log l
+    ORDER BY l.pipeline_id, l.store_code, l.id DESC
+)
+SELECT p.code AS pipeline,
+       s.store_code,
+       s.cost_center,
+       s.start_date,
+       ls.last_success_day,
+       (now() AT TIME ZONE p.timezone)::date - ls.last_success_day AS lag_days,
+       CASE
+           WHEN lt.status IN ('failed', 'partial') THEN 'failing'
+           WHEN ls.last_success_day IS NULL THEN 'never_synced'
+           WHEN (now() AT TIME ZONE p.timezone)::date - ls.last_success_day > 1 THEN 'lagging'
+           ELSE 'fresh'
+       END AS state,
+       lt.status AS last_status,
+       lt.updated_at AS last_attempt_at,
+       lt.error_message AS last_error
+FROM orders_sync.store_master s
+JOIN orders_sync.pipelines p ON p.sync_group = s.sync_group AND p.enabled
+LEFT JOIN last_success ls ON ls.pipeline_id = p.id AND ls.store_code = s.store_code
+LEFT JOIN latest lt ON lt.pipeline_id = p.id AND lt.store_code = s.store_code
+WHERE s.is_active AND s.start_date IS NOT NULL;
+
+COMMENT ON VIEW orders_sync.store_freshness IS
+    'Per active store and pipeline: last successful day, lag in days (pipeline time zone), state fresh | lagging | never_synced | failing.';
+
+-- Runs, newest first.
+CREATE VIEW orders_sync.run_history AS
+SELECT r.run_id,
+       r.pipeline_name,
+       r.run_env,
+       r.report_date,
+       r.started_at,
+       r.finished_at,
+       coalesce(r.finished_at, now()) - r.started_at AS duration,
+       r.overall_status,
+       r.summary_text,
+       r.parameters,
+       r.counts
+FROM orders_sync.pipeline_run_summaries r
+ORDER BY r.started_at DESC;
+
+COMMENT ON VIEW orders_sync.run_history IS 'Every run with its duration, status, summary and counts, newest first.';
+
+-- Log rows still `running`, with what tells whether their worker is alive (seed 000).
+CREATE VIEW orders_sync.stuck_candidates AS
+SELECT l.id AS log_id,
+       l.run_id,
+       p.code AS pipeline,
+       l.store_code,
+       l.from_date,
+       l.to_date,
+       l.attempt_no,
+       l.created_at AS started_at,
+       now() - coalesce(j.heartbeat_at, l.updated_at) AS since_heartbeat,
+       j.worker_pid,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = j.worker_pid) AS worker_alive,
+       orders_sync.store_lock_held(l.store_code) AS store_lock_held
+FROM orders_sync.orders_sync_log l
+JOIN orders_sync.pipelines p ON p.id = l.pipeline_id
+LEFT JOIN orders_sync.sync_jobs j ON j.log_id = l.id
+WHERE l.status = 'running';
+
+COMMENT ON VIEW orders_sync.stuck_candidates IS
+    'Log rows in running state: heartbeat age, whether the worker process is alive and whether the store lock is held.';
+
+-- History pruning: log rows, jobs and runs older than `keep` go, except what the planner
+-- relies on. A success row is kept unless a newer success covers exactly the same window,
+-- so the days the planner sees as covered never change.
+CREATE FUNCTION orders_sync.prune_history(keep interval DEFAULT '90 days')
+RETURNS TABLE (log_rows bigint, jobs bigint, runs bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz;
+BEGIN
+    IF keep IS NULL OR keep < interval '1 day' THEN
+        RAISE EXCEPTION 'invalid argument keep: % is shorter than 1 day', keep
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Keep at least a day of history, e.g. prune_history(''90 days'').';
+    END IF;
+    cutoff := now() - keep;
+
+    WITH removed AS (
+        DELETE FROM orders_sync.sync_jobs j
+        WHERE j.status NOT IN ('queued', 'running') AND coalesce(j.finished_at, j.created_at) < cutoff
+        RETURNING 1)
+    SELECT count(*) INTO jobs FROM removed;
+
+    WITH removed AS (
+        DELETE FROM orders_sync.orders_sync_log l
+        WHERE l.created_at < cutoff AND l.status <> 'running'
+          AND (l.status <> 'success'
+               OR EXISTS (SELECT 1 FROM orders_sync.orders_sync_log n
+                          WHERE n.pipeline_id = l.pipeline_id AND n.store_code = l.store_code
+                            AND n.from_date = l.from_date AND n.to_date = l.to_date
+                            AND n.status = 'success' AND n.id > l.id))
+        RETURNING 1)
+    SELECT count(*) INTO log_rows FROM removed;
+
+    WITH removed AS (
+        DELETE FROM orders_sync.pipeline_run_summaries r
+        WHERE r.finished_at < cutoff
+          AND NOT EXISTS (SELECT 1 FROM orders_sync.orders_sync_log l WHERE l.run_id = r.run_id)
+          AND NOT EXISTS (SELECT 1 FROM orders_sync.sync_jobs j WHERE j.run_id = r.run_id)
+        RETURNING 1)
+    SELECT count(*) INTO runs FROM removed;
+
+    RETURN NEXT;
+END
+$$;
+
+COMMENT ON FUNCTION orders_sync.prune_history(interval) IS
+    'Removes log rows, jobs and runs older than keep; keeps the latest success of every window.';
