@@ -42,3 +42,4 @@ GRANT SELECT ON orders_sync.job_progress, orders_sync.store_freshness, orders_sy
     orders_sync.stuck_candidates TO orders_sync_monitor;
 GRANT EXECUTE ON FUNCTION orders_sync.store_lock_held(text) TO orders_sync_monitor;
 GRANT EXECUTE ON FUNCTION orders_sync.prune_history(interval) TO orders_sync_admin;
+GRANT EXECUTE ON FUNCTION orders_sync.reset_stuck_runs(interval) TO orders_sync_admin;

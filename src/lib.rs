@@ -9,6 +9,7 @@ mod clock;
 mod errors;
 mod fetch;
 mod gucs;
+mod observe;
 mod outcome;
 mod plan;
 mod queue;

@@ -277,7 +277,6 @@ fn write_pages(
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return Err(StreamError::Stopped { page_no: next_page_no }),
         };
-        next_page_no = page_no;
         let page = match result {
             Ok(page) => page,
             Err(FetchError::Cancelled { .. }) => return Err(StreamError::Stopped { page_no }),

@@ -114,6 +114,16 @@ impl Simulator {
         response.json().unwrap_or(serde_json::Value::Null)
     }
 
+    /// Removes every fault rule.
+    pub fn clear_faults(&self) {
+        let response = self
+            .http
+            .delete(format!("{}/_control/faults", self.base_url))
+            .send()
+            .unwrap_or_else(|error| panic!("simulator DELETE /_control/faults: {error}"));
+        assert!(response.status().is_success(), "simulator DELETE /_control/faults: {}", response.status());
+    }
+
     pub fn get(&self, path: &str) -> serde_json::Value {
         self.http
             .get(format!("{}{path}", self.base_url))

@@ -163,3 +163,168 @@ fn prune_history_keeps_the_latest_success_of_every_window() {
         "invalid argument keep: 01:00:00 is shorter than 1 day"
     );
 }
+
+/// A run, a job and its `running` log row for `store`, as a worker with process id
+/// `worker_pid` would leave them after two hours without a heartbeat. (The launcher also
+/// fails jobs whose worker process is gone, so tests assert end states, not who reset them.)
+fn dead_worker_window(db: &mut Client, run_id: &str, store: &str, worker_pid: i32) {
+    db.execute(
+        "INSERT INTO orders_sync.store_master (store_code, sync_group, start_date) VALUES ($1, 'TD', '2026-01-01')
+         ON CONFLICT DO NOTHING",
+        &[&store],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO orders_sync.pipeline_run_summaries (run_id, pipeline_name, run_env, started_at)
+         VALUES ($1, 'reset_test', 'test', now() - interval '2 hours')",
+        &[&run_id],
+    )
+    .unwrap();
+    db.execute(
+        "WITH logged AS (
+             INSERT INTO orders_sync.orders_sync_log (pipeline_id, run_id, run_env, store_code, from_date, to_date, status)
+             SELECT id, $1, 'test', $2, '2026-01-01', '2026-01-05', 'running'
+             FROM orders_sync.pipelines WHERE code = 'td_orders_sync'
+             RETURNING id, pipeline_id)
+         INSERT INTO orders_sync.sync_jobs (run_id, pipeline_id, store_code, from_date, to_date, streams, status,
+                                            log_id, worker_pid, heartbeat_at, started_at)
+         SELECT $1, pipeline_id, $2, '2026-01-01', '2026-01-05', '{orders,sales}', 'running',
+                id, $3, now() - interval '2 hours', now() - interval '2 hours'
+         FROM logged",
+        &[&run_id, &store, &worker_pid],
+    )
+    .unwrap();
+}
+
+fn window_state(db: &mut Client, run_id: &str) -> (String, Option<String>, String, String, bool) {
+    let row = db
+        .query_one(
+            "SELECT l.status::text, l.error_message, j.status, r.overall_status::text, r.finished_at IS NOT NULL
+             FROM orders_sync.orders_sync_log l
+             JOIN orders_sync.sync_jobs j ON j.log_id = l.id
+             JOIN orders_sync.pipeline_run_summaries r ON r.run_id = l.run_id
+             WHERE l.run_id = $1",
+            &[&run_id],
+        )
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
+}
+
+#[test]
+fn reset_frees_runs_whose_worker_died() {
+    let mut db = connect();
+    ensure_extension(&mut db);
+    // A process id that is certainly not alive.
+    dead_worker_window(&mut db, "reset-dead", "RSTDEAD", 2_147_483_000);
+
+    let kinds: Vec<String> = db
+        .query("SELECT kind FROM orders_sync.reset_stuck_runs() WHERE run_id = 'reset-dead' ORDER BY kind", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(kinds.contains(&"run".to_string()), "{kinds:?}");
+
+    let stuck = Some("Auto-reset: stuck in running state".to_string());
+    assert_eq!(
+        window_state(&mut db, "reset-dead"),
+        ("failed".into(), stuck, "failed".into(), "failed".into(), true)
+    );
+    let again: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.reset_stuck_runs() WHERE run_id = 'reset-dead'");
+    assert_eq!(again, 0, "a second reset finds nothing left");
+}
+
+#[test]
+fn reset_leaves_a_window_alone_while_its_worker_lives() {
+    let mut db = connect();
+    ensure_extension(&mut db);
+    // A session that holds the store lock the way a worker does, and is the job's worker.
+    let mut worker = connect();
+    let worker_pid: i32 = scalar(&mut worker, "SELECT pg_backend_pid()");
+    let locked: bool = scalar(&mut worker, "SELECT pg_try_advisory_lock(hashtext('orders_sync.store'), hashtext('RSTLIVE'))");
+    assert!(locked);
+    dead_worker_window(&mut db, "reset-live", "RSTLIVE", worker_pid);
+
+    let touched: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.reset_stuck_runs('0') WHERE run_id = 'reset-live'");
+    assert_eq!(touched, 0, "a live worker is never reset, however old its heartbeat");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (status, _, job_status, run_status, _) = window_state(&mut db, "reset-live");
+    assert_eq!((status.as_str(), job_status.as_str(), run_status.as_str()), ("running", "running", "running"));
+
+    drop(worker);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    db.batch_execute("SELECT * FROM orders_sync.reset_stuck_runs('0')").unwrap();
+    let stuck = Some("Auto-reset: stuck in running state".to_string());
+    assert_eq!(
+        window_state(&mut db, "reset-live"),
+        ("failed".into(), stuck, "failed".into(), "failed".into(), true),
+        "once the worker is gone the window and its run are reset"
+    );
+    assert_eq!(
+        error_of(&mut db, "SELECT * FROM orders_sync.reset_stuck_runs('-1 hour')"),
+        "invalid argument older_than: must not be negative"
+    );
+}
+
+#[test]
+fn a_terminated_worker_resumes_from_its_cursor_without_loss_or_duplicates() {
+    let sim = Simulator::start(&["--rows-per-day", "50"]);
+    let mut db = setup(&sim, "RESUME");
+    // 10 days x 50 rows = 500 rows = 10 pages of 50; each page takes 300 ms to arrive.
+    sim.control("/_control/faults", serde_json::json!({"store": "RESUME", "kind": "slow", "delay_ms": 300}));
+    let dsn = orders_sync_pg_test::dsn();
+    let caller = std::thread::spawn(move || {
+        let mut client = orders_sync_pg_test::postgres::Client::connect(&dsn, orders_sync_pg_test::postgres::NoTls).unwrap();
+        client
+            .query_one("SELECT orders_sync.sync_window('uc_orders_sync', 'RESUME', '2026-01-01', '2026-01-10')", &[])
+            .map(|row| row.get::<_, String>(0))
+    });
+    // Wait until a few pages are committed, then terminate the worker.
+    let mut pages = 0;
+    for _ in 0..100 {
+        pages = scalar::<i64>(&mut db, "SELECT count(*) FROM orders_sync.window_pages WHERE store_code = 'RESUME'");
+        if pages >= 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(pages >= 3, "the worker should have committed pages by now");
+    let terminated: bool = scalar(
+        &mut db,
+        "SELECT pg_terminate_backend(worker_pid) FROM orders_sync.sync_jobs WHERE store_code = 'RESUME' AND status = 'running'",
+    );
+    assert!(terminated);
+    let first = caller.join().unwrap().expect("sync_window returns once its worker is gone");
+    assert_eq!(first, "failed");
+    let message: String = scalar(
+        &mut db,
+        "SELECT error_message FROM orders_sync.orders_sync_log WHERE store_code = 'RESUME' ORDER BY id DESC LIMIT 1",
+    );
+    assert!(message.contains("terminated") && message.contains("resumes from the saved cursor"), "{message}");
+    let kept: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.window_pages WHERE store_code = 'RESUME'");
+    assert!(kept >= 3, "committed pages are kept for the next attempt");
+
+    // The next attempt asks the source only for the pages not yet committed.
+    sim.clear_faults();
+    let before = sim.get("/_control/requests")["total"].as_i64().unwrap();
+    let second: String = scalar(&mut db, "SELECT orders_sync.sync_window('uc_orders_sync', 'RESUME', '2026-01-01', '2026-01-10')");
+    assert_eq!(second, "success");
+    let requested = sim.get("/_control/requests")["total"].as_i64().unwrap() - before;
+    assert_eq!(requested, 10 - kept, "resumed after page {kept}");
+
+    let (count, sum) = sim.truth("RESUME", "gst", "2026-01-01", "2026-01-10");
+    let matches: bool = db
+        .query_one(
+            "SELECT count(*) = $1 AND count(DISTINCT record_id) = $1 AND sum(amount) = $2::text::numeric
+             FROM orders_sync.uc_gst WHERE store_code = 'RESUME'",
+            &[&count, &sum],
+        )
+        .unwrap()
+        .get(0);
+    assert!(matches, "final data equals the source, no duplicates");
+    let attempt: i32 = scalar(
+        &mut db,
+        "SELECT attempt_no FROM orders_sync.orders_sync_log WHERE store_code = 'RESUME' ORDER BY id DESC LIMIT 1",
+    );
+    assert_eq!(attempt, 2);
+}
