@@ -43,3 +43,6 @@ GRANT SELECT ON orders_sync.job_progress, orders_sync.store_freshness, orders_sy
 GRANT EXECUTE ON FUNCTION orders_sync.store_lock_held(text) TO orders_sync_monitor;
 GRANT EXECUTE ON FUNCTION orders_sync.prune_history(interval) TO orders_sync_admin;
 GRANT EXECUTE ON FUNCTION orders_sync.reset_stuck_runs(interval) TO orders_sync_admin;
+
+-- Starting runs is the admin's job.
+GRANT EXECUTE ON FUNCTION orders_sync.run_profiler(text, text, integer, integer, integer, boolean, text, boolean, date) TO orders_sync_admin;

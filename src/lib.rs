@@ -9,7 +9,9 @@ mod clock;
 mod errors;
 mod fetch;
 mod gucs;
+mod launcher;
 mod observe;
+mod orchestrate;
 mod outcome;
 mod plan;
 mod queue;
@@ -30,6 +32,7 @@ extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    launcher::register();
 }
 
 // SQL-level tests run by `cargo pgrx test`; each file wraps its tests in `#[pg_schema] mod tests`.

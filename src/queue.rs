@@ -62,7 +62,8 @@ pub fn create_run(
 
 /// Queues a window; `None` when the same window is already queued or running.
 pub fn enqueue(run_id: &str, window: &Window, streams: &[String], reason: &str) -> SpiResult<Option<i64>> {
-    Spi::get_one_with_args::<i64>(
+    // Not get_one: on a conflict nothing is returned, which get_one reports as an error.
+    first_i64(
         "INSERT INTO orders_sync.sync_jobs (run_id, pipeline_id, store_code, from_date, to_date, streams, reason)
          VALUES ($1, $2, $3, $4::date, $5::date, $6, $7)
          ON CONFLICT (pipeline_id, store_code, from_date, to_date) WHERE status IN ('queued', 'running')
@@ -78,6 +79,18 @@ pub fn enqueue(run_id: &str, window: &Window, streams: &[String], reason: &str) 
             reason.into(),
         ],
     )
+}
+
+/// The first column of the first row of a data-changing statement, `None` when it returns
+/// no row (a fresh snapshot per call, unlike a read-only `select`).
+pub fn first_i64(statement: &str, args: &[pgrx::datum::DatumWithOid]) -> SpiResult<Option<i64>> {
+    Spi::connect_mut(|client| {
+        let table = client.update(statement, None, args)?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        table.first().get::<i64>(1)
+    })
 }
 
 /// The run a queued or running job of `window` belongs to (for the "already queued" message).

@@ -1,0 +1,594 @@
+//! `orders_sync.run_profiler`: plans a run, hands its windows to the launcher, and (on
+//! request) waits for the run to end.
+//!
+//! The caller's transaction cannot commit, yet the run and its jobs must be visible to the
+//! workers at once: a dynamic "planner" worker creates and commits them, and the caller
+//! waits only for that worker. The planner also decides, under a transaction-level advisory
+//! lock per (env, selection), whether a run of the same selection is still active, in which
+//! case nothing is created (no pile-up, seed 000).
+
+use chrono::{NaiveDate, Utc};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, SignalWakeFlags};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::errors::SqlError;
+use crate::plan::sql::{plan_selection, PlanParams, SyncGroup};
+use crate::queue;
+use crate::worker::in_transaction;
+use crate::write::Window;
+
+pub const PIPELINE_NAME: &str = "orders_sync_run_profiler";
+pub const STUCK_MESSAGE: &str = "Auto-reset: stuck in running state";
+/// A job the launcher marked running but whose worker never reported in (no `worker_pid`)
+/// is considered lost after this long.
+pub const UNSTARTED_GRACE_SECONDS: i32 = 60;
+
+/// What `run_profiler` hands its planner worker through `bgw_extra` (≤ 127 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfilerRequest {
+    pub run_id: String,
+    pub env: String,
+    pub sync_group: String,
+    pub window_days: u32,
+    pub overlap_days: u32,
+    pub max_workers: u32,
+    pub force: bool,
+    pub store_code: Option<String>,
+    pub as_of: Option<NaiveDate>,
+}
+
+impl ProfilerRequest {
+    pub const MAX_ENCODED: usize = 127;
+
+    pub fn encode(&self) -> String {
+        format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            self.run_id,
+            self.env,
+            self.sync_group,
+            self.window_days,
+            self.overlap_days,
+            self.max_workers,
+            u8::from(self.force),
+            self.store_code.as_deref().unwrap_or(""),
+            self.as_of.map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default(),
+        )
+    }
+
+    pub fn decode(text: &str) -> Option<ProfilerRequest> {
+        let fields: Vec<&str> = text.split('\t').collect();
+        let [run_id, env, group, window_days, overlap_days, max_workers, force, store, as_of] = fields.as_slice() else {
+            return None;
+        };
+        Some(ProfilerRequest {
+            run_id: run_id.to_string(),
+            env: env.to_string(),
+            sync_group: group.to_string(),
+            window_days: window_days.parse().ok()?,
+            overlap_days: overlap_days.parse().ok()?,
+            max_workers: max_workers.parse().ok()?,
+            force: *force == "1",
+            store_code: (!store.is_empty()).then(|| store.to_string()),
+            as_of: if as_of.is_empty() { None } else { Some(NaiveDate::parse_from_str(as_of, "%Y-%m-%d").ok()?) },
+        })
+    }
+
+    /// The run's `parameters` jsonb; `sync_group` and `store_code` identify its selection.
+    pub fn parameters_json(&self) -> String {
+        serde_json::json!({
+            "sync_group": self.sync_group,
+            "store_code": self.store_code,
+            "window_days": self.window_days,
+            "overlap_days": self.overlap_days,
+            "max_workers": self.max_workers,
+            "force": self.force,
+            "as_of": self.as_of.map(|d| d.to_string()),
+        })
+        .to_string()
+    }
+
+    fn plan_params(&self) -> Result<PlanParams, SqlError> {
+        PlanParams::from_sql_args(
+            Some(&self.env),
+            Some(&self.sync_group),
+            Some(self.window_days as i32),
+            Some(self.overlap_days as i32),
+            Some(self.force),
+            self.store_code.as_deref(),
+            self.as_of.map(pg_date),
+        )
+    }
+}
+
+fn pg_date(date: NaiveDate) -> pgrx::datum::Date {
+    use chrono::Datelike;
+    pgrx::datum::Date::new(date.year(), date.month() as u8, date.day() as u8).expect("a chrono date is a valid date")
+}
+
+fn naive(date: pgrx::datum::Date) -> Option<NaiveDate> {
+    if !date.is_finite() {
+        return None;
+    }
+    NaiveDate::from_ymd_opt(date.year(), date.month() as u32, date.day() as u32)
+}
+
+// ---------------------------------------------------------------------------------------
+// Run lifecycle helpers, shared by the planner, the launcher and the job workers. Each runs
+// inside a transaction owned by its caller.
+// ---------------------------------------------------------------------------------------
+
+/// Fails `running` jobs (and their log rows) whose worker is gone: a `worker_pid` no longer
+/// in pg_stat_activity, or none reported long after the launcher handed the job out.
+/// `run_id = None` looks at every run. Returns how many were reset.
+pub fn reset_dead_jobs(run_id: Option<&str>) -> pgrx::spi::SpiResult<i64> {
+    Spi::get_one_with_args::<i64>(
+        "WITH dead AS (
+             SELECT j.id, j.log_id FROM orders_sync.sync_jobs j
+             WHERE j.status = 'running' AND ($1::text IS NULL OR j.run_id = $1)
+               AND CASE WHEN j.worker_pid IS NULL
+                        THEN j.heartbeat_at < now() - make_interval(secs => $3)
+                        ELSE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = j.worker_pid)
+                   END
+             FOR UPDATE OF j SKIP LOCKED
+         ),
+         logs AS (
+             UPDATE orders_sync.orders_sync_log l SET status = 'failed', error_message = $2
+             FROM dead WHERE l.id = dead.log_id AND l.status = 'running'
+         ),
+         jobs AS (
+             UPDATE orders_sync.sync_jobs j
+             SET status = 'failed', error_message = $2, finished_at = now()
+             FROM dead WHERE j.id = dead.id
+             RETURNING j.id
+         )
+         SELECT count(*) FROM jobs",
+        &[run_id.into(), STUCK_MESSAGE.into(), UNSTARTED_GRACE_SECONDS.into()],
+    )
+    .map(|n| n.unwrap_or(0))
+}
+
+/// A `failed` or `partial` window stops its store + pipeline for the rest of the run: the
+/// store's windows still queued in that run become `skipped`, saying which window stopped them.
+pub fn skip_after_failures(run_id: Option<&str>) -> pgrx::spi::SpiResult<()> {
+    Spi::run_with_args(
+        "UPDATE orders_sync.sync_jobs q
+         SET status = 'skipped', finished_at = now(),
+             error_message = format('skipped: window %s..%s of store %s ended %s in this run',
+                                    f.from_date, f.to_date, f.store_code, f.status)
+         FROM (SELECT DISTINCT ON (run_id, pipeline_id, store_code)
+                      run_id, pipeline_id, store_code, from_date, to_date, status
+               FROM orders_sync.sync_jobs
+               WHERE status IN ('failed', 'partial') AND ($1::text IS NULL OR run_id = $1)
+                 AND run_id IN (SELECT run_id FROM orders_sync.pipeline_run_summaries
+                                WHERE overall_status = 'running' AND pipeline_name = $2)
+               ORDER BY run_id, pipeline_id, store_code, from_date) f
+         WHERE q.status = 'queued' AND q.run_id = f.run_id AND q.pipeline_id = f.pipeline_id
+           AND q.store_code = f.store_code",
+        &[run_id.into(), PIPELINE_NAME.into()],
+    )
+}
+
+/// Closes the run when it has no queued or running job left; true if this call closed it.
+/// The run row is locked first, so concurrent closers finish it exactly once.
+pub fn close_run_if_done(run_id: &str) -> pgrx::spi::SpiResult<bool> {
+    let done = Spi::connect_mut(|client| {
+        let table = client.update(
+            "SELECT 1 FROM orders_sync.pipeline_run_summaries r
+             WHERE r.run_id = $1 AND r.overall_status = 'running'
+               AND NOT EXISTS (SELECT 1 FROM orders_sync.sync_jobs j
+                               WHERE j.run_id = r.run_id AND j.status IN ('queued', 'running'))
+             FOR UPDATE OF r",
+            None,
+            &[run_id.into()],
+        )?;
+        Ok::<_, pgrx::spi::Error>(!table.is_empty())
+    })?;
+    if done {
+        queue::finish_run(run_id)?;
+    }
+    Ok(done)
+}
+
+/// Profiler runs still `running` with nothing queued or running: their last worker ended
+/// (or died) before closing them.
+pub fn runs_without_work() -> pgrx::spi::SpiResult<Vec<String>> {
+    Spi::connect(|client| {
+        let table = client.select(
+            "SELECT r.run_id::text FROM orders_sync.pipeline_run_summaries r
+             WHERE r.overall_status = 'running' AND r.pipeline_name = $1
+               AND NOT EXISTS (SELECT 1 FROM orders_sync.sync_jobs j
+                               WHERE j.run_id = r.run_id AND j.status IN ('queued', 'running'))",
+            None,
+            &[PIPELINE_NAME.into()],
+        )?;
+        let mut runs = Vec::new();
+        for row in table {
+            runs.push(row.get::<String>(1)?.unwrap_or_default());
+        }
+        Ok(runs)
+    })
+}
+
+/// The `running` profiler runs of this env and selection, oldest first.
+fn running_runs_of(request: &ProfilerRequest) -> pgrx::spi::SpiResult<Vec<String>> {
+    Spi::connect(|client| {
+        let table = client.select(
+            "SELECT run_id::text FROM orders_sync.pipeline_run_summaries
+             WHERE pipeline_name = $1 AND overall_status = 'running' AND run_env = $2
+               AND parameters->>'sync_group' = $3
+               AND parameters->>'store_code' IS NOT DISTINCT FROM $4
+             ORDER BY started_at",
+            None,
+            &[
+                PIPELINE_NAME.into(),
+                request.env.as_str().into(),
+                request.sync_group.as_str().into(),
+                request.store_code.clone().into(),
+            ],
+        )?;
+        let mut runs = Vec::new();
+        for row in table {
+            runs.push(row.get::<String>(1)?.unwrap_or_default());
+        }
+        Ok(runs)
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The planner worker.
+// ---------------------------------------------------------------------------------------
+
+enum Planned {
+    Created { jobs: usize },
+    AlreadyActive(String),
+}
+
+/// In one transaction: the (env, selection) lock, the pile-up check, the run row and its jobs.
+fn plan_run(request: &ProfilerRequest) -> Result<Planned, pgrx::spi::Error> {
+    // Held until commit: a second planner of the same selection waits here and then sees
+    // this run (and its jobs) committed.
+    Spi::run_with_args(
+        "SELECT pg_advisory_xact_lock(hashtext('orders_sync.profiler'), hashtext($1 || '/' || $2 || '/' || coalesce($3, '*')))",
+        &[request.env.as_str().into(), request.sync_group.as_str().into(), request.store_code.clone().into()],
+    )?;
+    for run_id in running_runs_of(request)? {
+        // A run whose workers are all gone is not active: fail its orphaned jobs, close it.
+        reset_dead_jobs(Some(&run_id))?;
+        skip_after_failures(Some(&run_id))?;
+        if !close_run_if_done(&run_id)? {
+            return Ok(Planned::AlreadyActive(run_id));
+        }
+    }
+    // Raised ERRORs are caught by in_transaction and recorded as the run's failure.
+    let params = request
+        .plan_params()
+        .unwrap_or_else(|error| pgrx::error!("orders_sync planner: invalid request: {}", error.message));
+    let rows = Spi::connect(|client| plan_selection(client, &params, Utc::now()))
+        .unwrap_or_else(|error| pgrx::error!("orders_sync planner: {}", error.message));
+    queue::create_run(&request.run_id, PIPELINE_NAME, &request.env, Utc::now().date_naive(), &request.parameters_json())?;
+    let streams_of = pipeline_streams()?;
+    let mut jobs = 0;
+    for row in rows.into_iter().filter(|row| row.window.will_run) {
+        let window = Window {
+            pipeline_id: row.pipeline_id,
+            store_code: row.store_code.clone(),
+            from: row.window.from,
+            to: row.window.to,
+        };
+        let streams = streams_of.iter().find(|(id, _)| *id == row.pipeline_id).map(|(_, s)| s.clone()).unwrap_or_default();
+        let reason = row.window.reason.as_str();
+        if queue::enqueue(&request.run_id, &window, &streams, reason)?.is_none() {
+            // The window is already queued or running elsewhere (another selection's run, a
+            // manual sync_window): record it here as skipped rather than lose it silently.
+            let other = queue::active_run_of(&window)?.unwrap_or_default();
+            Spi::run_with_args(
+                "INSERT INTO orders_sync.sync_jobs
+                     (run_id, pipeline_id, store_code, from_date, to_date, streams, reason, status, error_message, finished_at)
+                 VALUES ($1, $2, $3, $4::date, $5::date, $6, $7, 'skipped', $8, now())",
+                &[
+                    request.run_id.as_str().into(),
+                    window.pipeline_id.into(),
+                    window.store_code.as_str().into(),
+                    window.from.to_string().into(),
+                    window.to.to_string().into(),
+                    streams.into(),
+                    reason.into(),
+                    format!("skipped: window already queued or running in run {other}").into(),
+                ],
+            )?;
+        }
+        jobs += 1;
+    }
+    // Nothing to fetch (or everything skipped): the run ends right here.
+    close_run_if_done(&request.run_id)?;
+    Ok(Planned::Created { jobs })
+}
+
+fn pipeline_streams() -> pgrx::spi::SpiResult<Vec<(i64, Vec<String>)>> {
+    Spi::connect(|client| {
+        let table = client.select("SELECT id, streams FROM orders_sync.pipelines", None, &[])?;
+        let mut out = Vec::new();
+        for row in table {
+            out.push((row.get::<i64>(1)?.unwrap_or_default(), row.get::<Vec<String>>(2)?.unwrap_or_default()));
+        }
+        Ok(out)
+    })
+}
+
+/// Entry point of the planner worker: argument = the caller's database OID, request in
+/// `bgw_extra`. The caller learns the outcome from committed rows.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn orders_sync_planner_worker(argument: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = pg_sys::Oid::from(argument.value() as u32);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    let Some(request) = ProfilerRequest::decode(BackgroundWorker::get_extra()) else {
+        log!("orders_sync: run_profiler planner got an unreadable request");
+        return;
+    };
+    match in_transaction(|| plan_run(&request)) {
+        Ok(Planned::Created { jobs }) => {
+            log!("orders_sync: run {} planned with {jobs} window(s)", request.run_id);
+        }
+        Ok(Planned::AlreadyActive(run_id)) => {
+            log!("orders_sync: run_profiler for {} left to active run {run_id}", request.env);
+        }
+        Err(message) => {
+            // Keep the failure where the DBA (and the waiting caller) will look: a failed run.
+            let summary = format!("planning failed: {message}");
+            let recorded = in_transaction(|| {
+                queue::create_run(&request.run_id, PIPELINE_NAME, &request.env, Utc::now().date_naive(), &request.parameters_json())?;
+                Spi::run_with_args(
+                    "UPDATE orders_sync.pipeline_run_summaries
+                     SET overall_status = 'failed', finished_at = now(), summary_text = $2
+                     WHERE run_id = $1",
+                    &[request.run_id.as_str().into(), summary.as_str().into()],
+                )
+            });
+            if let Err(again) = recorded {
+                log!("orders_sync: run {} could not be planned ({message}) nor recorded ({again})", request.run_id);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// run_profiler, in the caller's session.
+// ---------------------------------------------------------------------------------------
+
+/// A run's state as committed right now: (overall_status, finished, summary_text).
+fn run_state(run_id: &str) -> Option<(String, bool, Option<String>)> {
+    // Non-read-only SPI: a fresh snapshot per call, so the workers' commits are seen.
+    Spi::connect_mut(|client| {
+        let table = client.update(
+            "SELECT overall_status::text, finished_at IS NOT NULL, summary_text
+             FROM orders_sync.pipeline_run_summaries WHERE run_id = $1",
+            None,
+            &[run_id.into()],
+        )?;
+        if table.is_empty() {
+            return Ok::<_, pgrx::spi::Error>(None);
+        }
+        let row = table.first();
+        Ok(Some((row.get::<String>(1)?.unwrap_or_default(), row.get::<bool>(2)?.unwrap_or(false), row.get::<String>(3)?)))
+    })
+    .unwrap_or_else(|error| SqlError::internal(error.to_string()).raise())
+}
+
+/// The run the planner deferred to: the same selection's run that was active when it looked
+/// (still running, or finished since this call began).
+fn deferred_run(request: &ProfilerRequest, called_at: &str) -> Option<String> {
+    Spi::connect_mut(|client| {
+        let table = client.update(
+            "SELECT run_id::text FROM orders_sync.pipeline_run_summaries
+             WHERE pipeline_name = $1 AND run_env = $2 AND parameters->>'sync_group' = $3
+               AND parameters->>'store_code' IS NOT DISTINCT FROM $4
+               AND (overall_status = 'running' OR finished_at >= $5::timestamptz)
+             ORDER BY overall_status = 'running' DESC, started_at DESC
+             LIMIT 1",
+            None,
+            &[
+                PIPELINE_NAME.into(),
+                request.env.as_str().into(),
+                request.sync_group.as_str().into(),
+                request.store_code.clone().into(),
+                called_at.into(),
+            ],
+        )?;
+        if table.is_empty() {
+            return Ok::<_, pgrx::spi::Error>(None);
+        }
+        table.first().get::<String>(1)
+    })
+    .unwrap_or_else(|error| SqlError::internal(error.to_string()).raise())
+}
+
+/// The windows only run when a launcher serves this database: say so when none does
+/// (orders_sync not in shared_preload_libraries, or orders_sync.database names another one).
+fn warn_without_launcher(run_id: &str) {
+    let launcher_database = Spi::get_one::<String>(
+        "SELECT coalesce(string_agg(datname, ', '), '')
+         FROM pg_catalog.pg_stat_activity WHERE backend_type = 'orders_sync launcher'",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    let here = Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default();
+    if launcher_database.split(", ").any(|db| db == here) {
+        return;
+    }
+    let (message, hint) = if launcher_database.is_empty() {
+        (
+            format!("no orders_sync launcher is running: the windows of run {run_id} stay queued until one is"),
+            "Add orders_sync to shared_preload_libraries and restart; the launcher retries every 5 s while orders_sync.database does not exist.",
+        )
+    } else {
+        (
+            format!("the orders_sync launcher serves database {launcher_database}, not {here}: the windows of run {run_id} stay queued"),
+            "Set orders_sync.database to this database and restart the server.",
+        )
+    };
+    ereport!(PgLogLevel::WARNING, PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, hint);
+}
+
+/// Sleeps on the latch for up to `millis`, waking early for interrupts (pg_cancel_backend,
+/// statement_timeout), which are then serviced.
+fn nap(millis: i64) {
+    unsafe {
+        let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32;
+        pg_sys::WaitLatch(pg_sys::MyLatch, events, millis as _, pg_sys::PG_WAIT_EXTENSION);
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+}
+
+/// `orders_sync.run_profiler(...)`: plans and enqueues a run, returns its run_id at once
+/// (or, with `wait => true`, when it has ended). Background workers do the fetching.
+#[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::too_many_arguments)]
+fn run_profiler(
+    env: Option<&str>,
+    sync_group: default!(Option<&str>, "'ALL'"),
+    window_days: default!(Option<i32>, 90),
+    overlap_days: default!(Option<i32>, 1),
+    max_workers: default!(Option<i32>, 3),
+    force: default!(Option<bool>, false),
+    store_code: default!(Option<&str>, "NULL"),
+    wait: default!(Option<bool>, false),
+    as_of: default!(Option<pgrx::datum::Date>, "NULL"),
+) -> String {
+    // Same validation, same errors as plan_sync_windows.
+    let params = PlanParams::from_sql_args(env, sync_group, window_days, overlap_days, force, store_code, as_of)
+        .unwrap_or_else(|error| error.raise());
+    let max_workers = match max_workers {
+        Some(n) if (1..=64).contains(&n) => n as u32,
+        other => SqlError::invalid_argument(
+            "max_workers",
+            match other {
+                None => "must not be NULL".to_string(),
+                Some(n) => format!("must be between 1 and 64, got {n}"),
+            },
+        )
+        .with_hint("Pass how many windows of this run may be fetched at once (orders_sync.max_workers caps all runs).")
+        .raise(),
+    };
+    let wait = wait.unwrap_or(false);
+    if wait && unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        SqlError::invalid_argument("wait", "cannot wait in a REPEATABLE READ or SERIALIZABLE transaction")
+            .with_hint("Its snapshot would never show the run ending; call it in READ COMMITTED or with wait => false.")
+            .raise()
+    }
+    // A store that cannot be selected fails here, with the planner's own error and hint.
+    Spi::connect(|client| plan_selection(client, &params, Utc::now()).map(|_| ())).unwrap_or_else(|e| e.raise());
+
+    let request = ProfilerRequest {
+        run_id: format!("rp-{}-{}", Utc::now().format("%Y%m%d%H%M%S%6f"), unsafe { pg_sys::MyProcPid }),
+        env: params.env.clone(),
+        sync_group: match params.sync_group {
+            SyncGroup::Td => "TD",
+            SyncGroup::Uc => "UC",
+            SyncGroup::All => "ALL",
+        }
+        .to_string(),
+        window_days: params.policy.window_days,
+        overlap_days: params.policy.overlap_days,
+        max_workers,
+        force: params.policy.force,
+        store_code: params.store_code.clone(),
+        as_of: as_of.and_then(naive),
+    };
+    debug_assert!(request.encode().len() <= ProfilerRequest::MAX_ENCODED);
+    let called_at: String = Spi::get_one::<String>("SELECT clock_timestamp()::text")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Utc::now().to_rfc3339());
+
+    let planner = BackgroundWorkerBuilder::new("orders_sync run_profiler planner")
+        .set_type("orders_sync planner")
+        .set_library("orders_sync")
+        .set_function("orders_sync_planner_worker")
+        .set_argument(Some(pg_sys::Datum::from(unsafe { pg_sys::MyDatabaseId }.to_u32())))
+        .set_extra(&request.encode())
+        .enable_spi_access()
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic()
+        .unwrap_or_else(|_| {
+            SqlError {
+                code: PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                message: "could not start the run_profiler planner worker: no free worker slot".into(),
+                hint: Some("Raise max_worker_processes, or retry when running syncs have finished.".into()),
+            }
+            .raise()
+        });
+    match planner.wait_for_shutdown() {
+        Ok(()) | Err(BackgroundWorkerStatus::Stopped) => {}
+        Err(status) => SqlError::internal(format!("run_profiler planner worker did not finish normally ({status:?})"))
+            .with_hint("See the server log.")
+            .raise(),
+    }
+
+    let run_id = match run_state(&request.run_id) {
+        Some((status, _, summary)) if status == "failed" && summary.as_deref().is_some_and(|s| s.starts_with("planning failed")) => {
+            SqlError::internal(format!("run {} could not be planned: {}", request.run_id, summary.unwrap_or_default()))
+                .with_hint("See the run in orders_sync.pipeline_run_summaries and the server log.")
+                .raise()
+        }
+        Some(_) => request.run_id.clone(),
+        None => match deferred_run(&request, &called_at) {
+            Some(active) => {
+                notice!(
+                    "run {active} for env {} and sync_group {}{} is still active: not starting another",
+                    request.env,
+                    request.sync_group,
+                    request.store_code.as_deref().map(|s| format!(", store {s}")).unwrap_or_default()
+                );
+                active
+            }
+            None => SqlError::internal(format!("run_profiler planner exited before recording run {}", request.run_id))
+                .with_hint("See the server log for the planner worker's error.")
+                .raise(),
+        },
+    };
+    warn_without_launcher(&run_id);
+    if wait {
+        loop {
+            match run_state(&run_id) {
+                Some((status, true, summary)) => {
+                    notice!("run {run_id} ended {status}: {}", summary.unwrap_or_default());
+                    break;
+                }
+                Some(_) => nap(200),
+                None => SqlError::internal(format!("run {run_id} disappeared while waiting for it")).raise(),
+            }
+        }
+    }
+    run_id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiler_request_round_trips_through_bgw_extra_and_fits() {
+        let request = ProfilerRequest {
+            run_id: "rp-20261123180102123456-4194304".into(),
+            env: "e".repeat(32),
+            sync_group: "ALL".into(),
+            window_days: 3660,
+            overlap_days: 3660,
+            max_workers: 64,
+            force: true,
+            store_code: Some("ABCDEFGH".into()),
+            as_of: NaiveDate::from_ymd_opt(2026, 12, 31),
+        };
+        let encoded = request.encode();
+        assert!(encoded.len() <= ProfilerRequest::MAX_ENCODED, "{} bytes", encoded.len());
+        assert_eq!(ProfilerRequest::decode(&encoded), Some(request.clone()));
+        let plain = ProfilerRequest { store_code: None, as_of: None, force: false, ..request };
+        assert_eq!(ProfilerRequest::decode(&plain.encode()), Some(plain));
+        assert_eq!(ProfilerRequest::decode("garbage"), None);
+    }
+}
