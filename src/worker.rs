@@ -113,8 +113,7 @@ fn run_locked_job(job_id: i64) -> JobEnd {
             return JobEnd::NotStarted(message);
         }
     };
-    // reqwest starts a runtime thread; it must never run PostgreSQL's signal handlers.
-    let client = match with_signals_blocked(|| SourceClient::new(attempt.source.clone())) {
+    let client = match source_client(&attempt.source) {
         Ok(client) => client,
         Err(error) => return finish(&attempt, &[], &[], &[false], Some(format!("source settings: {error}"))),
     };
@@ -165,6 +164,30 @@ fn run_locked_job(job_id: i64) -> JobEnd {
     }
     let message = (!errors.is_empty()).then(|| errors.join("; "));
     finish(&attempt, &completed_streams, &fresh_streams, &pulled, message)
+}
+
+thread_local! {
+    /// The last client this worker built, reused while the settings stay the same: a job
+    /// worker runs window after window of the same pipeline, and building a client (TLS
+    /// roots, a runtime thread) costs tens of milliseconds a time, besides the kept-alive
+    /// connection to the source.
+    static SOURCE_CLIENT: std::cell::RefCell<Option<(crate::fetch::SourceSettings, std::rc::Rc<SourceClient>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn source_client(settings: &crate::fetch::SourceSettings) -> Result<std::rc::Rc<SourceClient>, FetchError> {
+    SOURCE_CLIENT.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if let Some((cached_settings, client)) = cached.as_ref() {
+            if cached_settings == settings {
+                return Ok(client.clone());
+            }
+        }
+        // reqwest starts a runtime thread; it must never run PostgreSQL's signal handlers.
+        let client = std::rc::Rc::new(with_signals_blocked(|| SourceClient::new(settings.clone()))?);
+        *cached = Some((settings.clone(), client.clone()));
+        Ok(client)
+    })
 }
 
 enum StreamError {
