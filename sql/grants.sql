@@ -37,6 +37,9 @@ GRANT EXECUTE ON FUNCTION orders_sync.sync_window(text, text, date, date, boolea
 -- The planner is read-only and reads only what the monitor role can read.
 GRANT EXECUTE ON FUNCTION orders_sync.plan_sync_windows(text, text, integer, integer, boolean, text, date) TO orders_sync_monitor;
 
+-- Starting runs is the admin's job.
+GRANT EXECUTE ON FUNCTION orders_sync.run_profiler(text, text, integer, integer, integer, boolean, text, boolean, date) TO orders_sync_admin;
+
 -- Monitoring (sql/observe.sql).
 GRANT SELECT ON orders_sync.job_progress, orders_sync.store_freshness, orders_sync.run_history,
     orders_sync.stuck_candidates TO orders_sync_monitor;
@@ -44,5 +47,16 @@ GRANT EXECUTE ON FUNCTION orders_sync.store_lock_held(text) TO orders_sync_monit
 GRANT EXECUTE ON FUNCTION orders_sync.prune_history(interval) TO orders_sync_admin;
 GRANT EXECUTE ON FUNCTION orders_sync.reset_stuck_runs(interval) TO orders_sync_admin;
 
--- Starting runs is the admin's job.
-GRANT EXECUTE ON FUNCTION orders_sync.run_profiler(text, text, integer, integer, integer, boolean, text, boolean, date) TO orders_sync_admin;
+-- Schedules (sql/schedules.sql). The monitor reads the registry and its health; the health
+-- view reads pg_cron through scheduled_job_runs(), which shows no commands.
+GRANT SELECT ON orders_sync.schedules, orders_sync.scheduler_health TO orders_sync_monitor;
+GRANT EXECUTE ON FUNCTION orders_sync.cron_interval(text), orders_sync.scheduled_job_runs() TO orders_sync_monitor;
+-- The schedule_* functions run with the admin's rights, so the admin writes the registry.
+GRANT INSERT, UPDATE, DELETE ON orders_sync.schedules TO orders_sync_admin;
+GRANT EXECUTE ON FUNCTION
+    orders_sync.check_cron_schedule(text),
+    orders_sync.schedule_profiler(text, text, text, integer, integer, integer, text),
+    orders_sync.schedule_maintenance(text, text),
+    orders_sync.unschedule_all(),
+    orders_sync.repair_schedules()
+TO orders_sync_admin;

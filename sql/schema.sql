@@ -346,3 +346,27 @@ COMMENT ON TABLE orders_sync.window_pages IS
 SELECT pg_catalog.pg_extension_config_dump('orders_sync.sync_jobs', '');
 SELECT pg_catalog.pg_extension_config_dump('orders_sync.sync_jobs_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('orders_sync.window_pages', '');
+
+------------------------------------------------------------------------------------------
+-- Expected pg_cron jobs (seed 004): what should be scheduled, so that a paused, deleted or
+-- silently failing job shows up in orders_sync.scheduler_health and can be repaired.
+-- Written by schedule_profiler / schedule_maintenance, which validate the schedule and
+-- build the command (quoting every value); unschedule_all empties it.
+------------------------------------------------------------------------------------------
+CREATE TABLE orders_sync.schedules (
+    job_name   TEXT COLLATE "C" NOT NULL,
+    schedule   TEXT NOT NULL,
+    command    TEXT NOT NULL,
+    kind       TEXT NOT NULL
+        CONSTRAINT schedules_kind_known CHECK (kind IN ('profiler', 'maintenance')),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT schedules_pkey PRIMARY KEY (job_name),
+    CONSTRAINT schedules_job_name_format CHECK (job_name ~ '^[A-Za-z0-9_.-]{1,63}$'),
+    CONSTRAINT schedules_schedule_short CHECK (length(schedule) BETWEEN 1 AND 200)
+);
+
+COMMENT ON TABLE orders_sync.schedules IS
+    'Registry of the pg_cron jobs orders_sync expects (job name, cron schedule in UTC, command); see scheduler_health.';
+
+SELECT pg_catalog.pg_extension_config_dump('orders_sync.schedules', '');

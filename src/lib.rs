@@ -9,12 +9,13 @@ mod clock;
 mod errors;
 mod fetch;
 mod gucs;
-mod launcher;
 mod observe;
+mod launcher;
 mod orchestrate;
 mod outcome;
 mod plan;
 mod queue;
+mod schedule;
 mod worker;
 mod write;
 
@@ -26,6 +27,12 @@ extension_sql_file!("../sql/schema.sql", name = "schema", requires = [clock::che
 extension_sql_file!("../sql/views.sql", name = "views", requires = ["schema"]);
 // Monitoring views and history pruning (the "observe" stage).
 extension_sql_file!("../sql/observe.sql", name = "observe", requires = ["schema"]);
+// Schedules through pg_cron: registry functions and the scheduler_health view.
+extension_sql_file!(
+    "../sql/schedules.sql",
+    name = "schedules",
+    requires = ["schema", schedule::cron_interval, schedule::check_cron_schedule]
+);
 // Privileges: runs last so that it sees every function pgrx generated.
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

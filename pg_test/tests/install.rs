@@ -105,6 +105,6 @@ fn pg_dump_keeps_user_rows_of_extension_tables() {
         "SELECT cardinality(extconfig)::bigint FROM pg_extension WHERE extname = 'orders_sync'",
     );
     // pipelines, its sequence, credentials, stores, runs, log, its sequence, records, kpi facts,
-    // jobs, their sequence, window pages
-    assert_eq!(dumped, 12);
+    // jobs, their sequence, window pages, the schedule registry
+    assert_eq!(dumped, 13);
 }

@@ -1,0 +1,328 @@
+//! Schedules through pg_cron and their health (SPEC §7, seed 004: a paused scheduler went
+//! unnoticed for a month). Real pg_cron: jobs are created, paused and removed for real; run
+//! history is written into cron.job_run_details by hand to play out failures and silence.
+//!
+//! Health tests use a yearly schedule so that pg_cron never actually fires a job mid-test.
+
+use orders_sync_pg_test::postgres::Client;
+use orders_sync_pg_test::{connect, ensure_extension, error_of, exclusive, scalar};
+
+const YEARLY: &str = "0 0 1 1 *";
+
+fn setup() -> Client {
+    let mut db = connect();
+    ensure_extension(&mut db);
+    let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+    db
+}
+
+fn schedule(db: &mut Client, name: &str, cron: &str) -> i64 {
+    db.query_one(
+        "SELECT orders_sync.schedule_profiler(schedule => $1, env => 'it', job_name => $2)",
+        &[&cron, &name],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// (state, detail) of one registered job.
+fn health(db: &mut Client, name: &str) -> (String, String) {
+    let row = db
+        .query_one("SELECT state, detail FROM orders_sync.scheduler_health WHERE job_name = $1", &[&name])
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+fn cron_job(db: &mut Client, name: &str) -> Option<(i64, String, String, bool)> {
+    db.query_opt("SELECT jobid, schedule, command, active FROM cron.job WHERE jobname = $1", &[&name])
+        .unwrap()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+}
+
+fn add_run(db: &mut Client, job_id: i64, status: &str, ago: &str, message: &str) {
+    db.execute(
+        "INSERT INTO cron.job_run_details (jobid, job_pid, database, username, command, status, return_message, start_time, end_time)
+         VALUES ($1, 0, current_database(), current_user, 'SELECT 1', $2, $3, now() - $4::text::interval, now() - $4::text::interval)",
+        &[&job_id, &status, &message, &ago],
+    )
+    .unwrap();
+}
+
+fn repair(db: &mut Client) -> Vec<(String, String)> {
+    db.query("SELECT job_name, action FROM orders_sync.repair_schedules()", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+#[test]
+fn schedule_profiler_creates_a_cron_job_with_a_quoted_command_and_registers_it() {
+    let _guard = exclusive();
+    let mut db = setup();
+
+    let job_id: i64 = scalar(&mut db, "SELECT orders_sync.schedule_profiler(env => 'staging-2', sync_group => 'TD')");
+    let (id, cron, command, active) = cron_job(&mut db, "orders_sync_profiler_staging-2_td").expect("cron job");
+    assert_eq!(id, job_id);
+    assert_eq!(cron, "*/30 * * * *");
+    assert!(active);
+    assert_eq!(
+        command,
+        "SELECT orders_sync.run_profiler(env => 'staging-2', sync_group => 'TD', window_days => '90', overlap_days => '1', max_workers => '3')"
+    );
+    let (kind, registered): (String, String) = {
+        let row = db
+            .query_one("SELECT kind, command FROM orders_sync.schedules WHERE job_name = 'orders_sync_profiler_staging-2_td'", &[])
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((kind.as_str(), registered.as_str()), ("profiler", command.as_str()));
+
+    // Scheduling again under the same name updates the job instead of adding one.
+    let again: i64 = scalar(
+        &mut db,
+        "SELECT orders_sync.schedule_profiler('0 2 * * *', env => 'staging-2', sync_group => 'TD', window_days => 30)",
+    );
+    assert_eq!(again, job_id);
+    let (_, cron, command, _) = cron_job(&mut db, "orders_sync_profiler_staging-2_td").unwrap();
+    assert_eq!(cron, "0 2 * * *");
+    assert!(command.contains("window_days => '30'"), "{command}");
+    let registered: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.schedules");
+    assert_eq!(registered, 1);
+}
+
+#[test]
+fn hostile_or_invalid_arguments_are_refused_by_name_and_schedule_nothing() {
+    let _guard = exclusive();
+    let mut db = setup();
+    let jobs_before: i64 = scalar(&mut db, "SELECT count(*) FROM cron.job");
+
+    let message = error_of(&mut db, "SELECT orders_sync.schedule_profiler(env => $$x'); DROP TABLE orders_sync.records; --$$)");
+    assert!(message.starts_with("invalid argument env:"), "{message}");
+    let message = error_of(&mut db, "SELECT orders_sync.schedule_profiler(job_name => $$a'b$$)");
+    assert!(message.starts_with("invalid argument job_name:"), "{message}");
+    let message = error_of(&mut db, "SELECT orders_sync.schedule_profiler(sync_group => 'td')");
+    assert!(message.starts_with("invalid argument sync_group:"), "{message}");
+    let message = error_of(&mut db, "SELECT orders_sync.schedule_profiler(max_workers => 0)");
+    assert!(message.starts_with("invalid argument max_workers:"), "{message}");
+
+    match db.batch_execute("SELECT orders_sync.schedule_profiler('*/30 * * *')") {
+        Ok(()) => panic!("a four-field schedule must be refused"),
+        Err(error) => {
+            let db_error = error.as_db_error().expect("a SQL error");
+            assert!(db_error.message().starts_with("invalid argument schedule:"), "{}", db_error.message());
+            assert!(db_error.message().contains("expected 5 fields"), "{}", db_error.message());
+            assert!(db_error.hint().unwrap_or_default().contains("five fields"), "{:?}", db_error.hint());
+        }
+    }
+    let message = error_of(&mut db, "SELECT orders_sync.schedule_profiler('0 0 30 2 *')");
+    assert!(message.contains("never fires"), "{message}");
+
+    let jobs_after: i64 = scalar(&mut db, "SELECT count(*) FROM cron.job");
+    assert_eq!(jobs_after, jobs_before);
+    let records_exist: bool = scalar(&mut db, "SELECT to_regclass('orders_sync.records') IS NOT NULL");
+    assert!(records_exist);
+    let registered: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.schedules");
+    assert_eq!(registered, 0);
+}
+
+#[test]
+fn cron_interval_is_the_longest_gap_of_the_schedule() {
+    let _guard = exclusive();
+    let mut db = setup();
+    let ok: bool = scalar(
+        &mut db,
+        "SELECT orders_sync.cron_interval('*/30 * * * *') = interval '30 minutes'
+            AND orders_sync.cron_interval('0 2 * * *') = interval '1 day'
+            AND orders_sync.cron_interval('0 6 * * 1') = interval '7 days'
+            AND orders_sync.cron_interval('0,30 * * * *') = interval '30 minutes'",
+    );
+    assert!(ok);
+    let message = error_of(&mut db, "SELECT orders_sync.cron_interval('every day')");
+    assert!(message.starts_with("invalid argument expr:"), "{message}");
+}
+
+#[test]
+fn schedule_maintenance_registers_reset_and_prune_jobs() {
+    let _guard = exclusive();
+    let mut db = setup();
+    let rows = db.query("SELECT job_name, job_id FROM orders_sync.schedule_maintenance() ORDER BY 1", &[]).unwrap();
+    let names: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    assert_eq!(names, ["orders_sync_prune_history", "orders_sync_reset_stuck"]);
+
+    let (_, cron, command, _) = cron_job(&mut db, "orders_sync_reset_stuck").expect("reset job");
+    assert_eq!((cron.as_str(), command.as_str()), ("*/10 * * * *", "SELECT orders_sync.reset_stuck_runs()"));
+    let (_, cron, command, _) = cron_job(&mut db, "orders_sync_prune_history").expect("prune job");
+    let interval: String = scalar(&mut db, &format!("SELECT orders_sync.cron_interval('{cron}')::text"));
+    assert_eq!(interval, "1 day");
+    assert_eq!(command, "SELECT orders_sync.prune_history()");
+    let kinds: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.schedules WHERE kind = 'maintenance'");
+    assert_eq!(kinds, 2);
+
+    let removed: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+    assert_eq!(removed, 2);
+    assert!(cron_job(&mut db, "orders_sync_reset_stuck").is_none());
+    assert!(cron_job(&mut db, "orders_sync_prune_history").is_none());
+}
+
+#[test]
+fn paused_job_is_reported_and_repair_resumes_it() {
+    let _guard = exclusive();
+    let mut db = setup();
+    let job_id = schedule(&mut db, "it_paused", YEARLY);
+    assert_eq!(health(&mut db, "it_paused").0, "ok", "a fresh job is healthy");
+    assert!(repair(&mut db).is_empty(), "nothing to repair on healthy jobs");
+
+    db.execute("SELECT cron.alter_job($1, active => false)", &[&job_id]).unwrap();
+    let (state, detail) = health(&mut db, "it_paused");
+    assert_eq!(state, "paused");
+    assert!(detail.contains("repair_schedules"), "{detail}");
+
+    assert_eq!(repair(&mut db), [("it_paused".to_string(), "resumed".to_string())]);
+    assert_eq!(health(&mut db, "it_paused").0, "ok");
+    assert!(cron_job(&mut db, "it_paused").unwrap().3, "active again");
+}
+
+#[test]
+fn missing_job_is_reported_and_repair_recreates_it() {
+    let _guard = exclusive();
+    let mut db = setup();
+    schedule(&mut db, "it_missing", YEARLY);
+    schedule(&mut db, "it_kept", YEARLY);
+    let command = cron_job(&mut db, "it_missing").unwrap().2;
+
+    db.execute("SELECT cron.unschedule('it_missing')", &[]).unwrap();
+    let (state, detail) = health(&mut db, "it_missing");
+    assert_eq!(state, "missing");
+    assert!(detail.contains("no pg_cron job named it_missing"), "{detail}");
+    assert_eq!(health(&mut db, "it_kept").0, "ok");
+
+    assert_eq!(repair(&mut db), [("it_missing".to_string(), "recreated".to_string())]);
+    let (_, cron, recreated, active) = cron_job(&mut db, "it_missing").expect("recreated");
+    assert_eq!((cron.as_str(), recreated.as_str(), active), (YEARLY, command.as_str(), true));
+    assert_eq!(health(&mut db, "it_missing").0, "ok");
+}
+
+#[test]
+fn job_without_success_for_two_intervals_is_stale() {
+    let _guard = exclusive();
+    let mut db = setup();
+    let job_id = schedule(&mut db, "it_daily", "7 4 * * *");
+    assert_eq!(health(&mut db, "it_daily").0, "ok", "created a moment ago: not stale yet");
+
+    // Scheduled three days ago and never succeeded since.
+    db.execute(
+        "UPDATE orders_sync.schedules SET created_at = now() - interval '3 days', updated_at = now() - interval '3 days'
+         WHERE job_name = 'it_daily'",
+        &[],
+    )
+    .unwrap();
+    let (state, detail) = health(&mut db, "it_daily");
+    assert_eq!(state, "stale");
+    assert!(detail.contains("no successful run"), "{detail}");
+
+    // Its last success was three days ago: still stale.
+    add_run(&mut db, job_id, "succeeded", "3 days", "SELECT 1");
+    let (state, detail) = health(&mut db, "it_daily");
+    assert_eq!(state, "stale");
+    assert!(detail.contains("last successful run at"), "{detail}");
+    let expected: String = scalar(
+        &mut db,
+        "SELECT expected_interval::text FROM orders_sync.scheduler_health WHERE job_name = 'it_daily'",
+    );
+    assert_eq!(expected, "1 day");
+
+    // A success a day ago is within twice the interval.
+    add_run(&mut db, job_id, "succeeded", "1 day", "SELECT 1");
+    assert_eq!(health(&mut db, "it_daily").0, "ok");
+    db.execute("DELETE FROM cron.job_run_details WHERE jobid = $1", &[&job_id]).unwrap();
+}
+
+#[test]
+fn job_whose_last_runs_failed_is_failing_until_it_succeeds() {
+    let _guard = exclusive();
+    let mut db = setup();
+    let job_id = schedule(&mut db, "it_failing", YEARLY);
+    add_run(&mut db, job_id, "succeeded", "3 hours", "SELECT 1");
+    add_run(&mut db, job_id, "failed", "2 hours", "ERROR:  boom one");
+    add_run(&mut db, job_id, "failed", "1 hour", "ERROR:  boom two");
+
+    let row = db
+        .query_one(
+            "SELECT state, detail, last_status, last_run_at > now() - interval '61 minutes'
+             FROM orders_sync.scheduler_health WHERE job_name = 'it_failing'",
+            &[],
+        )
+        .unwrap();
+    let (state, detail, last_status, recent): (String, String, String, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(state, "failing");
+    assert_eq!(last_status, "failed");
+    assert!(recent);
+    assert!(detail.contains("2 failed run(s)") && detail.contains("boom two"), "{detail}");
+    assert!(repair(&mut db).is_empty(), "repair does not hide failures");
+
+    add_run(&mut db, job_id, "succeeded", "1 minute", "SELECT 1");
+    assert_eq!(health(&mut db, "it_failing").0, "ok");
+    db.execute("DELETE FROM cron.job_run_details WHERE jobid = $1", &[&job_id]).unwrap();
+}
+
+#[test]
+fn unschedule_all_removes_every_registered_job_and_only_those() {
+    let _guard = exclusive();
+    let mut db = setup();
+    schedule(&mut db, "it_one", YEARLY);
+    schedule(&mut db, "it_two", YEARLY);
+    db.execute("SELECT cron.unschedule('it_two')", &[]).unwrap();
+    let foreign: i64 = scalar(&mut db, "SELECT cron.schedule('it_not_ours', '0 0 1 1 *', 'SELECT 1')");
+
+    let removed: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+    assert_eq!(removed, 2, "the missing one leaves the registry too");
+    assert!(cron_job(&mut db, "it_one").is_none());
+    let registered: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.schedules");
+    assert_eq!(registered, 0);
+    assert!(cron_job(&mut db, "it_not_ours").is_some(), "jobs orders_sync did not register stay");
+    db.execute("SELECT cron.unschedule($1::bigint)", &[&foreign]).unwrap();
+}
+
+#[test]
+fn monitor_reads_health_but_cannot_schedule_or_see_other_commands() {
+    let _guard = exclusive();
+    let mut db = setup();
+    let job_id = schedule(&mut db, "it_watched", YEARLY);
+    db.execute("SELECT cron.alter_job($1, active => false)", &[&job_id]).unwrap();
+    db.batch_execute("DROP ROLE IF EXISTS it_sched_dashboard; CREATE ROLE it_sched_dashboard LOGIN IN ROLE orders_sync_monitor")
+        .unwrap();
+
+    let dsn = format!("{} user=it_sched_dashboard", orders_sync_pg_test::dsn());
+    let mut monitor = Client::connect(&dsn, orders_sync_pg_test::postgres::NoTls).expect("connect as monitor");
+    // pg_cron's own tables are closed to the monitor (no USAGE on schema cron; row-level
+    // security besides) ...
+    let message = error_of(&mut monitor, "SELECT count(*) FROM cron.job");
+    assert_eq!(message, "permission denied for schema cron");
+    // ... yet the health view sees the job's state through its definer-rights reader.
+    let (state, _) = health(&mut monitor, "it_watched");
+    assert_eq!(state, "paused");
+
+    let message = error_of(&mut monitor, "SELECT orders_sync.schedule_profiler()");
+    assert_eq!(message, "permission denied for function schedule_profiler");
+    let message = error_of(&mut monitor, "SELECT * FROM orders_sync.repair_schedules()");
+    assert_eq!(message, "permission denied for function repair_schedules");
+    let message = error_of(&mut monitor, "SELECT orders_sync.unschedule_all()");
+    assert_eq!(message, "permission denied for function unschedule_all");
+    let message = error_of(&mut monitor, "DELETE FROM orders_sync.schedules");
+    assert_eq!(message, "permission denied for table schedules");
+    drop(monitor);
+
+    let public_can_read: bool =
+        scalar(&mut db, "SELECT has_function_privilege('public', 'orders_sync.scheduled_job_runs()', 'EXECUTE')");
+    assert!(!public_can_read);
+    let definer_pins_path: bool = scalar(
+        &mut db,
+        "SELECT prosecdef AND proconfig @> ARRAY['search_path=orders_sync, pg_catalog, pg_temp']
+         FROM pg_proc WHERE oid = 'orders_sync.scheduled_job_runs()'::regprocedure",
+    );
+    assert!(definer_pins_path);
+    db.batch_execute("DROP ROLE it_sched_dashboard").unwrap();
+    let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+}

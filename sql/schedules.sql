@@ -1,0 +1,294 @@
+-- Schedules through pg_cron and their health (SPEC §7, seed 004: a paused scheduler went
+-- unnoticed for a month).
+--
+-- orders_sync.schedules (sql/schema.sql) is the registry of jobs that should exist. The
+-- schedule_* functions create the pg_cron job and its registry row together; the
+-- scheduler_health view compares the registry with what pg_cron has and has run;
+-- repair_schedules puts back what is missing or paused.
+--
+-- These functions run with the caller's rights (SECURITY INVOKER): the jobs they create are
+-- the caller's pg_cron jobs and run as the caller, exactly as with cron.schedule itself. A
+-- non-superuser admin therefore needs USAGE on schema cron (and EXECUTE on cron.alter_job to
+-- resume paused jobs), which a DBA grants: pg_cron does not give them to PUBLIC.
+-- Commands are always built here with format('%L'), never from raw input.
+
+------------------------------------------------------------------------------------------
+-- What pg_cron knows about each registered job. pg_cron's row-level security shows a role
+-- only its own jobs, so the monitor role reads through this SECURITY DEFINER function: it
+-- returns registered job names only, and never a job's command.
+------------------------------------------------------------------------------------------
+CREATE FUNCTION orders_sync.scheduled_job_runs()
+RETURNS TABLE (
+    job_name          text,
+    job_id            bigint,
+    active            boolean,
+    cron_schedule     text,
+    last_run_at       timestamptz,
+    last_status       text,
+    last_message      text,
+    last_success_at   timestamptz,
+    failures_in_a_row integer
+)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = orders_sync, pg_catalog, pg_temp
+AS $fn$
+    SELECT s.job_name,
+           j.jobid,
+           j.active,
+           j.schedule,
+           r.start_time,
+           r.status,
+           left(r.return_message, 200),
+           ok.last_success_at,
+           coalesce(f.failures, 0)::integer
+    FROM orders_sync.schedules s
+    LEFT JOIN LATERAL (
+        SELECT c.jobid, c.active, c.schedule
+        FROM cron.job c
+        WHERE c.jobname OPERATOR(pg_catalog.=) s.job_name
+        ORDER BY c.jobid DESC
+        LIMIT 1
+    ) j ON true
+    LEFT JOIN LATERAL (
+        SELECT d.start_time, d.status, d.return_message
+        FROM cron.job_run_details d
+        WHERE d.jobid OPERATOR(pg_catalog.=) j.jobid
+        ORDER BY d.start_time DESC NULLS LAST, d.runid DESC
+        LIMIT 1
+    ) r ON true
+    LEFT JOIN LATERAL (
+        SELECT max(d.start_time) AS last_success_at
+        FROM cron.job_run_details d
+        WHERE d.jobid OPERATOR(pg_catalog.=) j.jobid AND d.status OPERATOR(pg_catalog.=) 'succeeded'
+    ) ok ON true
+    LEFT JOIN LATERAL (
+        -- Failures since the last success: more than zero means the latest finished run failed.
+        SELECT count(*) AS failures
+        FROM cron.job_run_details d
+        WHERE d.jobid OPERATOR(pg_catalog.=) j.jobid AND d.status OPERATOR(pg_catalog.=) 'failed'
+          AND d.start_time OPERATOR(pg_catalog.>) coalesce(ok.last_success_at, '-infinity'::timestamptz)
+    ) f ON true
+$fn$;
+
+REVOKE ALL ON FUNCTION orders_sync.scheduled_job_runs() FROM PUBLIC;
+
+COMMENT ON FUNCTION orders_sync.scheduled_job_runs() IS
+    'pg_cron state of each registered job (id, active, schedule, last run, failures since the last success); no commands.';
+
+------------------------------------------------------------------------------------------
+-- One row per expected job. State, first match wins:
+--   missing  no pg_cron job of that name
+--   paused   cron.job.active = false
+--   failing  its latest finished run(s) failed
+--   stale    no successful run within twice the schedule's longest gap, counted from the
+--            last success or, if none, from when the job was (re)scheduled
+--   ok       otherwise
+------------------------------------------------------------------------------------------
+CREATE VIEW orders_sync.scheduler_health AS
+SELECT s.job_name,
+       s.schedule,
+       CASE
+           WHEN r.job_id IS NULL THEN 'missing'
+           WHEN NOT r.active THEN 'paused'
+           WHEN r.failures_in_a_row > 0 THEN 'failing'
+           WHEN now() - greatest(r.last_success_at, s.updated_at) > 2 * i.expected_interval THEN 'stale'
+           ELSE 'ok'
+       END AS state,
+       r.last_run_at,
+       r.last_status,
+       i.expected_interval,
+       CASE
+           WHEN r.job_id IS NULL THEN
+               format('no pg_cron job named %s; run orders_sync.repair_schedules() to recreate it', s.job_name)
+           WHEN NOT r.active THEN
+               format('pg_cron job %s is paused (active = false); run orders_sync.repair_schedules() to resume it', r.job_id)
+           WHEN r.failures_in_a_row > 0 THEN
+               format('%s failed run(s) since the last success; last error: %s',
+                      r.failures_in_a_row, coalesce(r.last_message, 'none recorded'))
+           WHEN now() - greatest(r.last_success_at, s.updated_at) > 2 * i.expected_interval THEN
+               CASE WHEN r.last_success_at IS NULL
+                    THEN format('no successful run since it was scheduled at %s; expected one every %s',
+                                s.updated_at, i.expected_interval)
+                    ELSE format('last successful run at %s; expected one every %s',
+                                r.last_success_at, i.expected_interval)
+               END
+           WHEN r.last_success_at IS NULL THEN 'scheduled; no run yet'
+           ELSE format('last successful run at %s', r.last_success_at)
+       END
+       || CASE WHEN r.cron_schedule IS DISTINCT FROM s.schedule AND r.job_id IS NOT NULL
+               THEN format(' (pg_cron has schedule %L, the registry %L)', r.cron_schedule, s.schedule)
+               ELSE '' END AS detail
+FROM orders_sync.schedules s
+JOIN orders_sync.scheduled_job_runs() r ON r.job_name = s.job_name
+CROSS JOIN LATERAL (SELECT orders_sync.cron_interval(s.schedule) AS expected_interval) i;
+
+COMMENT ON VIEW orders_sync.scheduler_health IS
+    'Each expected pg_cron job: ok, paused, missing, stale (no success within twice its interval) or failing; see repair_schedules().';
+
+------------------------------------------------------------------------------------------
+-- Scheduling
+------------------------------------------------------------------------------------------
+CREATE FUNCTION orders_sync.schedule_profiler(
+    schedule     text    DEFAULT '*/30 * * * *',
+    env          text    DEFAULT 'prod',
+    sync_group   text    DEFAULT 'ALL',
+    window_days  integer DEFAULT 90,
+    overlap_days integer DEFAULT 1,
+    max_workers  integer DEFAULT 3,
+    job_name     text    DEFAULT NULL
+)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = orders_sync, pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_job_name text;
+    v_command  text;
+    v_job_id   bigint;
+BEGIN
+    PERFORM orders_sync.check_cron_schedule(schedule_profiler.schedule);
+    IF schedule_profiler.env IS NULL OR schedule_profiler.env !~ '^[A-Za-z0-9_.-]{1,32}$' THEN
+        RAISE EXCEPTION 'invalid argument env: must be 1 to 32 letters, digits, ''_'', ''.'' or ''-'''
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass the environment the runs are recorded under, e.g. env => ''prod''.';
+    END IF;
+    IF schedule_profiler.sync_group IS NULL OR schedule_profiler.sync_group NOT IN ('TD', 'UC', 'ALL') THEN
+        RAISE EXCEPTION 'invalid argument sync_group: unknown sync group'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use ''TD'', ''UC'' or ''ALL'' (upper case).';
+    END IF;
+    IF schedule_profiler.window_days IS NULL OR schedule_profiler.window_days NOT BETWEEN 1 AND 3660 THEN
+        RAISE EXCEPTION 'invalid argument window_days: must be between 1 and 3660'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass a number of days between 1 and 3660.';
+    END IF;
+    IF schedule_profiler.overlap_days IS NULL OR schedule_profiler.overlap_days NOT BETWEEN 0 AND 3660 THEN
+        RAISE EXCEPTION 'invalid argument overlap_days: must be between 0 and 3660'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass a number of days between 0 and 3660.';
+    END IF;
+    IF schedule_profiler.max_workers IS NULL OR schedule_profiler.max_workers NOT BETWEEN 1 AND 64 THEN
+        RAISE EXCEPTION 'invalid argument max_workers: must be between 1 and 64'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass how many windows of a run may be fetched at once (orders_sync.max_workers caps all runs).';
+    END IF;
+
+    v_job_name := coalesce(schedule_profiler.job_name,
+                           format('orders_sync_profiler_%s_%s',
+                                  lower(schedule_profiler.env), lower(schedule_profiler.sync_group)));
+    IF v_job_name !~ '^[A-Za-z0-9_.-]{1,63}$' THEN
+        RAISE EXCEPTION 'invalid argument job_name: must be 1 to 63 letters, digits, ''_'', ''.'' or ''-'''
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass NULL for orders_sync_profiler_<env>_<group>, or a name such as ''orders_sync_profiler_nightly''.';
+    END IF;
+
+    v_command := format(
+        'SELECT orders_sync.run_profiler(env => %L, sync_group => %L, window_days => %L, overlap_days => %L, max_workers => %L)',
+        schedule_profiler.env, schedule_profiler.sync_group, schedule_profiler.window_days,
+        schedule_profiler.overlap_days, schedule_profiler.max_workers);
+
+    -- cron.schedule with a name updates that job if the caller already has it.
+    v_job_id := cron.schedule(v_job_name, schedule_profiler.schedule, v_command);
+
+    INSERT INTO orders_sync.schedules AS s (job_name, schedule, command, kind)
+    VALUES (v_job_name, schedule_profiler.schedule, v_command, 'profiler')
+    ON CONFLICT ON CONSTRAINT schedules_pkey DO UPDATE
+        SET schedule = EXCLUDED.schedule, command = EXCLUDED.command, kind = EXCLUDED.kind, updated_at = now();
+    RETURN v_job_id;
+END
+$fn$;
+
+COMMENT ON FUNCTION orders_sync.schedule_profiler(text, text, text, integer, integer, integer, text) IS
+    'Creates or updates the pg_cron job that runs orders_sync.run_profiler on a schedule (UTC); returns the cron job id.';
+
+CREATE FUNCTION orders_sync.schedule_maintenance(
+    reset_schedule text DEFAULT '*/10 * * * *',
+    prune_schedule text DEFAULT '30 3 * * *'
+)
+RETURNS TABLE (job_name text, job_id bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = orders_sync, pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_job record;
+BEGIN
+    PERFORM orders_sync.check_cron_schedule(schedule_maintenance.reset_schedule);
+    PERFORM orders_sync.check_cron_schedule(schedule_maintenance.prune_schedule);
+    FOR v_job IN
+        SELECT v.name, v.schedule, v.command
+        FROM (VALUES
+            ('orders_sync_reset_stuck', schedule_maintenance.reset_schedule, 'SELECT orders_sync.reset_stuck_runs()'),
+            ('orders_sync_prune_history', schedule_maintenance.prune_schedule, 'SELECT orders_sync.prune_history()')
+        ) AS v (name, schedule, command)
+    LOOP
+        job_id := cron.schedule(v_job.name, v_job.schedule, v_job.command);
+        INSERT INTO orders_sync.schedules AS s (job_name, schedule, command, kind)
+        VALUES (v_job.name, v_job.schedule, v_job.command, 'maintenance')
+        ON CONFLICT ON CONSTRAINT schedules_pkey DO UPDATE
+            SET schedule = EXCLUDED.schedule, command = EXCLUDED.command, kind = EXCLUDED.kind, updated_at = now();
+        job_name := v_job.name;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$;
+
+COMMENT ON FUNCTION orders_sync.schedule_maintenance(text, text) IS
+    'Creates or updates the pg_cron jobs orders_sync_reset_stuck (reset_stuck_runs, every 10 minutes) and orders_sync_prune_history (prune_history, daily).';
+
+CREATE FUNCTION orders_sync.unschedule_all()
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = orders_sync, pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_job     record;
+    v_removed integer := 0;
+BEGIN
+    FOR v_job IN
+        SELECT r.job_name, r.job_id FROM orders_sync.scheduled_job_runs() r ORDER BY r.job_name
+    LOOP
+        IF v_job.job_id IS NOT NULL THEN
+            PERFORM cron.unschedule(v_job.job_id);
+        END IF;
+        DELETE FROM orders_sync.schedules s WHERE s.job_name = v_job.job_name;
+        v_removed := v_removed + 1;
+    END LOOP;
+    RETURN v_removed;
+END
+$fn$;
+
+COMMENT ON FUNCTION orders_sync.unschedule_all() IS
+    'Removes every registered job from pg_cron and from the registry; returns how many.';
+
+CREATE FUNCTION orders_sync.repair_schedules()
+RETURNS TABLE (job_name text, action text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = orders_sync, pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_job record;
+BEGIN
+    FOR v_job IN
+        SELECT s.job_name, s.schedule, s.command, r.job_id, r.active
+        FROM orders_sync.schedules s
+        JOIN orders_sync.scheduled_job_runs() r ON r.job_name = s.job_name
+        ORDER BY s.job_name
+    LOOP
+        IF v_job.job_id IS NULL THEN
+            PERFORM cron.schedule(v_job.job_name, v_job.schedule, v_job.command);
+            -- The stale clock restarts: the recreated job has had no chance to run yet.
+            UPDATE orders_sync.schedules s SET updated_at = now() WHERE s.job_name = v_job.job_name;
+            job_name := v_job.job_name;
+            action := 'recreated';
+            RETURN NEXT;
+        ELSIF NOT v_job.active THEN
+            PERFORM cron.alter_job(v_job.job_id, active => true);
+            job_name := v_job.job_name;
+            action := 'resumed';
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END
+$fn$;
+
+COMMENT ON FUNCTION orders_sync.repair_schedules() IS
+    'Recreates registered jobs missing from pg_cron and resumes paused ones; returns the actions taken.';
