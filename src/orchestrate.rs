@@ -553,18 +553,57 @@ fn run_profiler(
     };
     warn_without_launcher(&run_id);
     if wait {
+        let mut last_report = std::time::Instant::now();
         loop {
             match run_state(&run_id) {
                 Some((status, true, summary)) => {
                     notice!("run {run_id} ended {status}: {}", summary.unwrap_or_default());
                     break;
                 }
-                Some(_) => nap(200),
+                Some(_) => {
+                    if last_report.elapsed() >= PROGRESS_EVERY {
+                        if let Ok(progress) = run_progress(&run_id) {
+                            notice!("{}", progress.describe(&run_id));
+                        }
+                        last_report = std::time::Instant::now();
+                    }
+                    nap(200)
+                }
                 None => SqlError::internal(format!("run {run_id} disappeared while waiting for it")).raise(),
             }
         }
     }
     run_id
+}
+
+/// How often a waiting `run_profiler` reports progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The run's windows by state, read with a fresh snapshot (non-read-only SPI).
+fn run_progress(run_id: &str) -> pgrx::spi::SpiResult<crate::outcome::RunProgress> {
+    Spi::connect_mut(|client| {
+        let row = client
+            .update(
+                "SELECT count(*),
+                        count(*) FILTER (WHERE status IN ('success', 'partial', 'failed', 'skipped')),
+                        count(*) FILTER (WHERE status = 'running'),
+                        count(*) FILTER (WHERE status = 'queued'),
+                        count(*) FILTER (WHERE status = 'failed'),
+                        coalesce(sum(rows_written), 0)::bigint
+                 FROM orders_sync.sync_jobs WHERE run_id = $1",
+                None,
+                &[run_id.into()],
+            )?
+            .first();
+        Ok(crate::outcome::RunProgress {
+            total: row.get::<i64>(1)?.unwrap_or(0),
+            done: row.get::<i64>(2)?.unwrap_or(0),
+            running: row.get::<i64>(3)?.unwrap_or(0),
+            queued: row.get::<i64>(4)?.unwrap_or(0),
+            failed: row.get::<i64>(5)?.unwrap_or(0),
+            rows_written: row.get::<i64>(6)?.unwrap_or(0),
+        })
+    })
 }
 
 #[cfg(test)]

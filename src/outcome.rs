@@ -153,6 +153,31 @@ pub fn run_summary(counts: &[RunCounts]) -> RunSummary {
     RunSummary { status, text, counts_json: serde_json::Value::Object(per_pipeline).to_string() }
 }
 
+/// Where a run stands while a caller waits for it (`run_profiler(..., wait => true)`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunProgress {
+    pub total: i64,
+    pub done: i64,
+    pub running: i64,
+    pub queued: i64,
+    pub failed: i64,
+    pub rows_written: i64,
+}
+
+impl RunProgress {
+    /// One NOTICE line: a DBA watching `psql` sees the run advance.
+    pub fn describe(&self, run_id: &str) -> String {
+        let mut line = format!(
+            "run {run_id}: {}/{} windows done, {} running, {} queued, {} rows written",
+            self.done, self.total, self.running, self.queued, self.rows_written
+        );
+        if self.failed > 0 {
+            line.push_str(&format!(", {} failed", self.failed));
+        }
+        line
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +240,14 @@ mod tests {
         assert_eq!(run_summary(&[counts("a", 5, 1, 1)]).status, WindowStatus::Failed);
         assert_eq!(run_summary(&[counts("a", 5, 1, 0), counts("b", 1, 0, 0)]).status, WindowStatus::Partial);
         assert_eq!(run_summary(&[]).status, WindowStatus::Success);
+    }
+
+    #[test]
+    fn progress_line_says_what_is_done_running_and_queued() {
+        let progress = RunProgress { total: 100, done: 40, running: 3, queued: 57, failed: 0, rows_written: 123_456 };
+        assert_eq!(progress.describe("rp-1"), "run rp-1: 40/100 windows done, 3 running, 57 queued, 123456 rows written");
+        let failing = RunProgress { failed: 2, ..progress };
+        assert!(failing.describe("rp-1").ends_with(", 2 failed"));
     }
 
     #[test]
