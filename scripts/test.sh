@@ -60,6 +60,25 @@ integration() {
   ' "$pg_config" "$work" "$it_port" "$it_db" "$target"
 }
 
+# The README's first command, small: it must set everything up and end with a successful
+# run, every active store fresh, every schedule healthy and KPI facts written.
+demo_smoke() {
+  local demo_dir="$work/demo-test" port=55490 sim_port=55491
+  local dsn="host=127.0.0.1 port=$port user=postgres dbname=orders_sync_demo"
+  DEMO_DIR="$demo_dir" DEMO_PORT=$port DEMO_SIM_PORT=$sim_port DEMO_STORES=6 DEMO_DAYS=40 \
+    DEMO_ROWS_PER_DAY=3 DEMO_BUILD=debug bash scripts/demo.sh || { DEMO_DIR="$demo_dir" bash scripts/demo.sh stop; return 1; }
+  local checks
+  checks=$(psql "$dsn" -XAt -F ' ' -c "
+    SELECT (SELECT count(*) = 1 AND bool_and(overall_status = 'success') FROM orders_sync.run_history),
+           (SELECT count(*) > 0 AND bool_and(state = 'fresh') FROM orders_sync.store_freshness),
+           (SELECT count(*) = 3 AND bool_and(state = 'ok') FROM orders_sync.scheduler_health),
+           (SELECT count(*) > 0 FROM orders_sync.kpi_facts_daily)")
+  DEMO_DIR="$demo_dir" bash scripts/demo.sh stop
+  rm -rf "$demo_dir"
+  echo "demo checks (run success, stores fresh, schedules ok, KPI facts): $checks"
+  [ "$checks" = "t t t t" ]
+}
+
 # The fetch stage's unit tests speak HTTP to the real simulator, so it is built first.
 step "build simulator" cargo build --release -p orders_sync_simulator --bin orders_sync_simulator
 export ORDERS_SYNC_SIMULATOR="$target/release/orders_sync_simulator"
@@ -67,6 +86,7 @@ step "unit tests (extension, pure)" cargo test -p orders_sync --lib -- --skip pg
 step "unit tests (simulator)" cargo test -p orders_sync_simulator
 step "pgrx tests" locked cargo pgrx test pg15 --runas postgres --pgdata "$work/pgrx-data"
 step "integration tests" integration
+step "demo (short)" demo_smoke
 
 passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failures=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
