@@ -89,7 +89,7 @@ step "integration tests" integration
 step "demo (short)" demo_smoke
 
 passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
-failures=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+failures=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s+=$6} END {print s+0}')
 printf '\n==> summary\n'
 printf '  %s\n' "${steps[@]}"
 if [ "$failed" -ne 0 ] && [ "$failures" -eq 0 ]; then failures=1; fi
