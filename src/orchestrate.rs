@@ -8,7 +8,7 @@
 //! case nothing is created (no pile-up, seed 000).
 
 use chrono::{NaiveDate, Utc};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -505,29 +505,7 @@ fn run_profiler(
         .flatten()
         .unwrap_or_else(|| Utc::now().to_rfc3339());
 
-    let planner = BackgroundWorkerBuilder::new("orders_sync run_profiler planner")
-        .set_type("orders_sync planner")
-        .set_library("orders_sync")
-        .set_function("orders_sync_planner_worker")
-        .set_argument(Some(pg_sys::Datum::from(unsafe { pg_sys::MyDatabaseId }.to_u32())))
-        .set_extra(&request.encode())
-        .enable_spi_access()
-        .set_notify_pid(unsafe { pg_sys::MyProcPid })
-        .load_dynamic()
-        .unwrap_or_else(|_| {
-            SqlError {
-                code: PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-                message: "could not start the run_profiler planner worker: no free worker slot".into(),
-                hint: Some("Raise max_worker_processes, or retry when running syncs have finished.".into()),
-            }
-            .raise()
-        });
-    match planner.wait_for_shutdown() {
-        Ok(()) | Err(BackgroundWorkerStatus::Stopped) => {}
-        Err(status) => SqlError::internal(format!("run_profiler planner worker did not finish normally ({status:?})"))
-            .with_hint("See the server log.")
-            .raise(),
-    }
+    crate::worker::run_dynamic_worker("run_profiler planner", "orders_sync_planner_worker", &request.encode());
 
     let run_id = match run_state(&request.run_id) {
         Some((status, _, summary)) if status == "failed" && summary.as_deref().is_some_and(|s| s.starts_with("planning failed")) => {

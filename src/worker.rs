@@ -477,6 +477,35 @@ fn pg_date(date: pgrx::datum::Date) -> Option<NaiveDate> {
     NaiveDate::from_ymd_opt(date.year(), date.month() as u32, date.day() as u32)
 }
 
+/// Starts a dynamic worker in the caller's database (its OID is the worker's argument, the
+/// request its `bgw_extra`) and waits until it exits. The caller's transaction stays open:
+/// the worker commits on its own, and the caller then reads the result with a fresh snapshot.
+pub fn run_dynamic_worker(what: &str, function: &str, extra: &str) {
+    let worker = BackgroundWorkerBuilder::new(&format!("orders_sync {what}"))
+        .set_type(&format!("orders_sync {what}"))
+        .set_library("orders_sync")
+        .set_function(function)
+        .set_argument(Some(pg_sys::Datum::from(unsafe { pg_sys::MyDatabaseId }.to_u32())))
+        .set_extra(extra)
+        .enable_spi_access()
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic()
+        .unwrap_or_else(|_| {
+            SqlError {
+                code: PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                message: format!("could not start the {what} worker: no free worker slot"),
+                hint: Some("Raise max_worker_processes, or retry when running syncs have finished.".into()),
+            }
+            .raise()
+        });
+    match worker.wait_for_shutdown() {
+        Ok(()) | Err(BackgroundWorkerStatus::Stopped) => {}
+        Err(status) => SqlError::internal(format!("{what} worker did not finish normally ({status:?})"))
+            .with_hint("See the server log.")
+            .raise(),
+    }
+}
+
 /// `orders_sync.sync_window(...)`: one manual window for one pipeline and store (seed 003 §B),
 /// fetched by a background worker; returns the window's final status.
 #[pg_extern(volatile, parallel_unsafe)]
@@ -491,32 +520,7 @@ fn sync_window(
 ) -> String {
     let request = manual_window_request(pipeline, store_code, from_date, to_date, orders_only, sales_only, run_env)
         .unwrap_or_else(|error| error.raise());
-    let worker = BackgroundWorkerBuilder::new("orders_sync sync_window")
-        .set_type("orders_sync sync_window")
-        .set_library("orders_sync")
-        .set_function("orders_sync_window_worker")
-        .set_argument(Some(pg_sys::Datum::from(unsafe { pg_sys::MyDatabaseId }.to_u32())))
-        .set_extra(&request.encode())
-        .enable_spi_access()
-        .set_notify_pid(unsafe { pg_sys::MyProcPid })
-        .load_dynamic()
-        .unwrap_or_else(|_| {
-            SqlError {
-                code: PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-                message: "could not start a background worker for sync_window: no free worker slot".into(),
-                hint: Some("Raise max_worker_processes, or retry when running syncs have finished.".into()),
-            }
-            .raise()
-        });
-    match worker.wait_for_shutdown() {
-        Ok(()) | Err(BackgroundWorkerStatus::Stopped) => {}
-        Err(status) => SqlError {
-            code: PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            message: format!("sync_window worker did not finish normally ({status:?})"),
-            hint: Some("See the server log.".into()),
-        }
-        .raise(),
-    }
+    run_dynamic_worker("sync_window", "orders_sync_window_worker", &request.encode());
     window_result(&request)
 }
 
