@@ -2,14 +2,16 @@
 # Ingest benchmark (issue 5): one window of ROWS records from the simulator into an empty
 # records table with one worker, end to end through orders_sync.sync_window; then the same
 # window again with nothing changed at the source. Prints rows/s for both and how many row
-# versions the re-sync wrote (target: none).
+# versions the re-sync wrote (target: none). The pair runs REPEAT times on an emptied table
+# (a 2-core machine's timings wander by ±15%); the figures are the medians, each run listed.
 #
-# Env: ROWS (default 1000000), PAGE_SIZE (default 10000), BENCH_PORT (default 55431),
-# BENCH_KEEP=1 leaves the cluster running afterwards for inspection.
+# Env: ROWS (default 1000000), PAGE_SIZE (default 10000), REPEAT (default 3),
+# BENCH_PORT (default 55431), BENCH_KEEP=1 leaves the cluster running afterwards.
 set -euo pipefail
 
 ROWS="${ROWS:-1000000}"
 PAGE_SIZE="${PAGE_SIZE:-10000}"
+REPEAT="${REPEAT:-3}"
 DAYS=100
 PER_DAY=$(( ROWS / DAYS ))
 PORT="${BENCH_PORT:-55431}"
@@ -64,15 +66,27 @@ sync_seconds() {
 }
 versions() { psql -At -c "SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables WHERE relid = 'orders_sync.records'::regclass"; }
 
-first=$(sync_seconds)
-rows=$(psql -At -c "SELECT count(*) FROM orders_sync.records WHERE store_code = 'BENCH'")
-[ "$rows" -eq "$(( PER_DAY * DAYS ))" ] || { echo "bench_ingest: expected $(( PER_DAY * DAYS )) rows, found $rows" >&2; exit 1; }
-psql -c "VACUUM ANALYZE orders_sync.records" >/dev/null
-sleep 1; before=$(versions)
-second=$(sync_seconds)
-sleep 1; after=$(versions)
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+firsts=() seconds=() written=()
+for run in $(seq "$REPEAT"); do
+  psql -c "TRUNCATE orders_sync.records, orders_sync.kpi_facts_daily" -c "CHECKPOINT"
+  first=$(sync_seconds)
+  rows=$(psql -At -c "SELECT count(*) FROM orders_sync.records WHERE store_code = 'BENCH'")
+  [ "$rows" -eq "$(( PER_DAY * DAYS ))" ] || { echo "bench_ingest: expected $(( PER_DAY * DAYS )) rows, found $rows" >&2; exit 1; }
+  psql -c "VACUUM ANALYZE orders_sync.records" >/dev/null
+  sleep 1; before=$(versions)
+  second=$(sync_seconds)
+  sleep 1; after=$(versions)
+  printf 'ingest: run %d: first load %.2f s, re-sync %.2f s, %d row versions written by the re-sync\n' \
+    "$run" "$first" "$second" "$(( after - before ))"
+  firsts+=("$first") seconds+=("$second") written+=("$(( after - before ))")
+done
+first=$(printf '%s\n' "${firsts[@]}" | median)
+second=$(printf '%s\n' "${seconds[@]}" | median)
+most_written=$(printf '%s\n' "${written[@]}" | sort -g | tail -1)
 
-printf 'ingest: first load  %d rows in %.2f s = %.0f rows/s\n' "$rows" "$first" "$(echo "$rows / $first" | bc -l)"
-printf 'ingest: re-sync     %d rows in %.2f s = %.0f rows/s, %d row versions written\n' \
-  "$rows" "$second" "$(echo "$rows / $second" | bc -l)" "$(( after - before ))"
+printf 'ingest: first load  %d rows in %.2f s = %.0f rows/s (median of %d)\n' \
+  "$rows" "$first" "$(echo "$rows / $first" | bc -l)" "$REPEAT"
+printf 'ingest: re-sync     %d rows in %.2f s = %.0f rows/s (median of %d), at most %d row versions written\n' \
+  "$rows" "$second" "$(echo "$rows / $second" | bc -l)" "$REPEAT" "$most_written"
 printf 'ingest: re-sync is %.1fx the first load\n' "$(echo "$first / $second" | bc -l)"

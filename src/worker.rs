@@ -227,8 +227,8 @@ fn pull_stream(
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc;
 
-    // A window with no records of this stream yet (the usual backfill) needs no
-    // unchanged-record filtering: every record is new.
+    // A window with no records of this stream yet (the usual backfill) can hold no stale
+    // records when it completes: its completion skips looking for them.
     let fresh = in_transaction(|| write::window_is_empty(&attempt.window, stream)).map_err(StreamError::Write)?;
     let stop = AtomicBool::new(false);
     let (pages, received) = mpsc::sync_channel::<(i32, Result<crate::fetch::Page, FetchError>)>(1);
@@ -256,7 +256,7 @@ fn pull_stream(
                 page_no += 1;
             }
         }));
-        let outcome = write_pages(attempt, stream, stamp, fresh, first_page_no, &received, &stop);
+        let outcome = write_pages(attempt, stream, stamp, first_page_no, &received, &stop);
         // Whatever happened, let the fetcher finish: it stops at its next check or send.
         stop.store(true, Ordering::Relaxed);
         drop(received);
@@ -270,7 +270,6 @@ fn write_pages(
     attempt: &Attempt,
     stream: &str,
     stamp: PulledStamp,
-    fresh: bool,
     first_page_no: i32,
     received: &std::sync::mpsc::Receiver<(i32, Result<crate::fetch::Page, FetchError>)>,
     stop: &std::sync::atomic::AtomicBool,
@@ -309,7 +308,7 @@ fn write_pages(
         let last = next_token.is_none();
         let write_started = std::time::Instant::now();
         in_transaction(|| {
-            write::write_page(&attempt.window, attempt.job_id, stream, page_no, page.records, next_token.as_deref(), fresh)?;
+            write::write_page(&attempt.window, attempt.job_id, stream, page_no, page.records, next_token.as_deref())?;
             if last {
                 write::stamp_pulled(attempt.log_id, stamp)?;
             }

@@ -20,20 +20,42 @@ pub struct Window {
     pub to: NaiveDate,
 }
 
-fn date_text(date: NaiveDate) -> String {
-    date.format("%Y-%m-%d").to_string()
+/// How a page's record relates to what the records table already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// No record with this id: a plain insert.
+    Absent,
+    /// Stored with another payload (or a NULL md5): an upsert.
+    Changed,
+    /// Stored with the same payload: nothing to write.
+    Unchanged,
 }
 
-/// Upserts one page of `stream` and records the page (cursor and ids) and the job's progress,
-/// all in the caller's transaction. Records are sorted by id first: the upsert is bound by the
-/// primary-key index, and key-ordered batches touch it far more cheaply. Unchanged records
-/// (same date, amount and payload) are not rewritten, so a re-sync writes no row versions.
-/// `fresh` says the window held no records of this stream when the stream started: then
-/// every record is new and the unchanged-record filter is skipped. Otherwise records whose
-/// text is unchanged (same md5 as stored: the text carries date and amount too) are filtered
-/// out with a plain index probe first, before any JSON is parsed: an ON CONFLICT ... DO
-/// UPDATE ... WHERE that declines would still lock, and so dirty, every conflicting row.
-/// Returns how many records were inserted or changed.
+/// Classifies `records` (sorted by id) against `stored`, the (id, md5) pairs stored for any
+/// of their ids (sorted by id, possibly with ids not in the page), in one merge pass.
+pub fn classify(records: &[Record], stored: &[(String, Option<[u8; 16]>)]) -> Vec<Stored> {
+    let mut stored = stored.iter().peekable();
+    records
+        .iter()
+        .map(|record| {
+            while stored.next_if(|(id, _)| id.as_str() < record.id.as_str()).is_some() {}
+            match stored.next_if(|(id, _)| *id == record.id) {
+                None => Stored::Absent,
+                Some((_, md5)) if *md5 == Some(record.payload_md5) => Stored::Unchanged,
+                Some(_) => Stored::Changed,
+            }
+        })
+        .collect()
+}
+
+/// Writes one page of `stream` and records the page (cursor and ids) and the job's progress,
+/// all in the caller's transaction. Returns how many records were inserted or changed.
+///
+/// The upsert is bound by the primary-key index, so the work is shaped for it: records come
+/// sorted by id (key order); what is stored for their ids is read in one index range scan
+/// and merged with the page here, so unchanged records are never written (a re-sync writes
+/// no row versions), new ones take a plain INSERT (no speculative-insertion probe, half the
+/// cost of ON CONFLICT) and only changed ones an upsert.
 pub fn write_page(
     window: &Window,
     job_id: i64,
@@ -41,81 +63,189 @@ pub fn write_page(
     page_no: i32,
     mut records: Vec<Record>,
     next_page_token: Option<&str>,
-    fresh: bool,
 ) -> SpiResult<i64> {
-    records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-    let row_count = records.len() as i32;
+    if !records.is_sorted_by(|a, b| a.id < b.id) {
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        records.dedup_by(|later, earlier| later.id == earlier.id);
+    }
+    Spi::connect_mut(|client| {
+        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        client.update(
+            r#"
+            WITH page AS (
+                INSERT INTO orders_sync.window_pages
+                    (pipeline_id, store_code, from_date, to_date, stream, page_no, next_page_token,
+                     row_count, record_ids, job_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            )
+            UPDATE orders_sync.sync_jobs
+            SET pages_done = pages_done + 1, rows_written = rows_written + $8, heartbeat_at = now()
+            WHERE id = $10
+            "#,
+            None,
+            &[
+                window.pipeline_id.into(),
+                window.store_code.as_str().into(),
+                pg_date(window.from).into(),
+                pg_date(window.to).into(),
+                stream.into(),
+                page_no.into(),
+                next_page_token.into(),
+                (records.len() as i32).into(),
+                ids.clone().into(),
+                job_id.into(),
+            ],
+        )?;
+        if records.is_empty() {
+            return Ok(0);
+        }
+
+        let stored = stored_versions(client, window, stream, &ids)?;
+        let classes = classify(&records, &stored);
+        let (mut absent, mut changed) = (Vec::new(), Vec::new());
+        for (record, class) in records.into_iter().zip(classes) {
+            match class {
+                Stored::Absent => absent.push(record),
+                Stored::Changed => changed.push(record),
+                Stored::Unchanged => {}
+            }
+        }
+        let inserted = insert_records(client, window, stream, absent, false)?;
+        let updated = insert_records(client, window, stream, changed, true)?;
+        Ok(inserted + updated)
+    })
+}
+
+/// The (id, md5) pairs stored for `ids` (sorted), sorted by id. Usually one index range scan
+/// over the page's id range: sources hand out ids in runs, so the range holds little besides
+/// the page. When it holds far more (ids scattered over the key space), the ids are looked
+/// up one by one instead; the range scan stops at its limit, so the detour costs little.
+fn stored_versions(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    window: &Window,
+    stream: &str,
+    ids: &[&str],
+) -> SpiResult<Vec<(String, Option<[u8; 16]>)>> {
+    let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
+        return Ok(Vec::new());
+    };
+    let limit = 2 * ids.len() as i64 + 64;
+    let in_range = read_versions(
+        client,
+        "SELECT record_id, payload_md5 FROM orders_sync.records
+         WHERE pipeline_id = $1 AND store_code = $2 AND stream = $3
+           AND record_id BETWEEN $4 AND $5
+         ORDER BY record_id LIMIT $6",
+        &[
+            window.pipeline_id.into(),
+            window.store_code.as_str().into(),
+            stream.into(),
+            (*first).into(),
+            (*last).into(),
+            limit.into(),
+        ],
+    )?;
+    if (in_range.len() as i64) < limit {
+        return Ok(in_range);
+    }
+    read_versions(
+        client,
+        "SELECT record_id, payload_md5 FROM orders_sync.records
+         WHERE pipeline_id = $1 AND store_code = $2 AND stream = $3 AND record_id = ANY($4)
+         ORDER BY record_id",
+        &[
+            window.pipeline_id.into(),
+            window.store_code.as_str().into(),
+            stream.into(),
+            ids.to_vec().into(),
+        ],
+    )
+}
+
+fn read_versions(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    query: &str,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> SpiResult<Vec<(String, Option<[u8; 16]>)>> {
+    let rows = client.select(query, None, args)?;
+    let mut versions = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.get(1)?.unwrap_or_default();
+        let md5: Option<pgrx::datum::Uuid> = row.get(2)?;
+        versions.push((id, md5.map(|uuid| *uuid.as_bytes())));
+    }
+    Ok(versions)
+}
+
+/// Inserts `records` (sorted by id) in one statement: a plain INSERT for records known to be
+/// absent, an upsert on the natural key for changed ones. Returns the rows written.
+fn insert_records(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    window: &Window,
+    stream: &str,
+    records: Vec<Record>,
+    upsert: bool,
+) -> SpiResult<i64> {
+    if records.is_empty() {
+        return Ok(0);
+    }
     let mut ids = Vec::with_capacity(records.len());
     let mut dates = Vec::with_capacity(records.len());
     let mut amounts = Vec::with_capacity(records.len());
     let mut payloads = Vec::with_capacity(records.len());
+    let mut md5s = Vec::with_capacity(records.len());
     for record in records {
+        dates.push(pg_date(record.date));
+        md5s.push(pgrx::datum::Uuid::from_bytes(record.payload_md5));
         ids.push(record.id);
-        dates.push(date_text(record.date));
         amounts.push(record.amount);
         payloads.push(record.payload);
     }
-
-    Spi::get_one_with_args::<i64>(
-        r#"
-        WITH page AS (
-            INSERT INTO orders_sync.window_pages
-                (pipeline_id, store_code, from_date, to_date, stream, page_no, next_page_token,
-                 row_count, record_ids, job_id)
-            VALUES ($1, $2, $3::date, $4::date, $5, $6, $7, $8, $9, $10)
-        ),
-        progress AS (
-            UPDATE orders_sync.sync_jobs
-            SET pages_done = pages_done + 1, rows_written = rows_written + $8, heartbeat_at = now()
-            WHERE id = $10
-        ),
-        incoming AS (
-            SELECT u.record_id, u.record_date, u.amount, u.payload, md5(u.payload)::uuid AS payload_md5
-            FROM unnest($9::text[], $11::text[], $12::text[], $13::text[])
-                 AS u(record_id, record_date, amount, payload)
-        ),
-        changed AS (
-            SELECT i.* FROM incoming i
-            WHERE $14
-               OR NOT EXISTS (
-                   SELECT 1 FROM orders_sync.records r
-                   WHERE r.pipeline_id = $1 AND r.store_code = $2 AND r.stream = $5
-                     AND r.record_id = i.record_id AND r.payload_md5 = i.payload_md5)
-        ),
-        upserted AS (
-            INSERT INTO orders_sync.records AS r
-                (pipeline_id, store_code, stream, record_id, record_date, amount, payload, payload_md5)
-            SELECT $1, $2, $5, c.record_id, c.record_date::date, c.amount::numeric, c.payload::jsonb, c.payload_md5
-            FROM changed c
-            ON CONFLICT (pipeline_id, store_code, stream, record_id) DO UPDATE
-            SET record_date = EXCLUDED.record_date,
-                amount = EXCLUDED.amount,
-                payload = EXCLUDED.payload,
-                payload_md5 = EXCLUDED.payload_md5,
-                synced_at = now()
-            WHERE r.payload_md5 IS DISTINCT FROM EXCLUDED.payload_md5
-            RETURNING 1
-        )
-        SELECT count(*) FROM upserted
-        "#,
+    let insert = r#"
+        INSERT INTO orders_sync.records AS r
+            (pipeline_id, store_code, stream, record_id, record_date, amount, payload, payload_md5)
+        SELECT $1, $2, $3, u.record_id, u.record_date, u.amount::numeric, u.payload::jsonb, u.payload_md5
+        -- unnest in the select list streams its rows; in FROM it would first copy them all
+        -- into a tuplestore.
+        FROM (SELECT unnest($4::text[]) AS record_id, unnest($5::date[]) AS record_date,
+                     unnest($6::text[]) AS amount, unnest($7::text[]) AS payload,
+                     unnest($8::uuid[]) AS payload_md5) AS u
+        "#;
+    let upsert_clause = r#"
+        ON CONFLICT (pipeline_id, store_code, stream, record_id) DO UPDATE
+        SET record_date = EXCLUDED.record_date,
+            amount = EXCLUDED.amount,
+            payload = EXCLUDED.payload,
+            payload_md5 = EXCLUDED.payload_md5,
+            synced_at = now()
+        WHERE r.payload_md5 IS DISTINCT FROM EXCLUDED.payload_md5
+        "#;
+    let query = if upsert { format!("{insert}{upsert_clause}") } else { insert.to_owned() };
+    let written = client.update(
+        query.as_str(),
+        None,
         &[
             window.pipeline_id.into(),
             window.store_code.as_str().into(),
-            date_text(window.from).into(),
-            date_text(window.to).into(),
             stream.into(),
-            page_no.into(),
-            next_page_token.into(),
-            row_count.into(),
             ids.into(),
-            job_id.into(),
             dates.into(),
             amounts.into(),
             payloads.into(),
-            fresh.into(),
+            md5s.into(),
         ],
-    )
-    .map(|changed| changed.unwrap_or(0))
+    )?;
+    Ok(written.len() as i64)
+}
+
+/// A date as PostgreSQL's own `date` datum: days since 2000-01-01, built without a call
+/// into the server (this runs for every record written).
+fn pg_date(date: NaiveDate) -> pgrx::datum::Date {
+    let pg_epoch = NaiveDate::from_ymd_opt(2000, 1, 1).expect("2000-01-01 is a date");
+    let days = (date - pg_epoch).num_days();
+    // SAFETY: every date written is a window's bound or lies within a window, and windows
+    // come from PostgreSQL dates: the day count is in `date`'s range (4713 BC..5874897 AD).
+    unsafe { pgrx::datum::Date::from_pg_epoch_days(days as i32) }
 }
 
 /// Whether the window holds no records of `stream` yet.
@@ -124,13 +254,13 @@ pub fn window_is_empty(window: &Window, stream: &str) -> SpiResult<bool> {
         "SELECT NOT EXISTS (
              SELECT 1 FROM orders_sync.records
              WHERE pipeline_id = $1 AND store_code = $2 AND stream = $3
-               AND record_date BETWEEN $4::date AND $5::date)",
+               AND record_date BETWEEN $4 AND $5)",
         &[
             window.pipeline_id.into(),
             window.store_code.as_str().into(),
             stream.into(),
-            date_text(window.from).into(),
-            date_text(window.to).into(),
+            pg_date(window.from).into(),
+            pg_date(window.to).into(),
         ],
     )
     .map(|empty| empty.unwrap_or(false))
@@ -167,8 +297,10 @@ pub struct Completion<'a> {
 /// Returns the number of stale records removed.
 pub fn complete_window(completion: &Completion) -> SpiResult<i64> {
     let window = completion.window;
-    let from = date_text(window.from);
-    let to = date_text(window.to);
+    // Dates go in as `date` values: a text parameter cast in the query (`$3::date`) is not
+    // folded (the cast is only stable) and would be re-parsed for every row scanned.
+    let from = pg_date(window.from);
+    let to = pg_date(window.to);
     // Stale records: those in the range the source did not return. Found first with EXCEPT
     // (a hashed set difference, linear whatever the statistics say), then deleted by primary
     // key. One statement joining the two gets planned from the freshly loaded table's empty
@@ -186,16 +318,16 @@ pub fn complete_window(completion: &Completion) -> SpiResult<i64> {
         let nothing_stale = Spi::get_one_with_args::<bool>(
             "SELECT (SELECT count(*) FROM orders_sync.records
                      WHERE pipeline_id = $1 AND store_code = $2 AND stream = $5
-                       AND record_date BETWEEN $3::date AND $4::date)
+                       AND record_date BETWEEN $3 AND $4)
                   = (SELECT count(DISTINCT seen.record_id)
                      FROM orders_sync.window_pages p CROSS JOIN LATERAL unnest(p.record_ids) AS seen(record_id)
-                     WHERE p.pipeline_id = $1 AND p.store_code = $2 AND p.from_date = $3::date
-                       AND p.to_date = $4::date AND p.stream = $5)",
+                     WHERE p.pipeline_id = $1 AND p.store_code = $2 AND p.from_date = $3
+                       AND p.to_date = $4 AND p.stream = $5)",
             &[
                 window.pipeline_id.into(),
                 window.store_code.as_str().into(),
-                from.clone().into(),
-                to.clone().into(),
+                from.into(),
+                to.into(),
                 stream.as_str().into(),
             ],
         )?
@@ -208,18 +340,18 @@ pub fn complete_window(completion: &Completion) -> SpiResult<i64> {
             SELECT coalesce(array_agg(record_id), '{}') FROM (
                 SELECT r.record_id FROM orders_sync.records r
                 WHERE r.pipeline_id = $1 AND r.store_code = $2 AND r.stream = $5
-                  AND r.record_date BETWEEN $3::date AND $4::date
+                  AND r.record_date BETWEEN $3 AND $4
                 EXCEPT
                 SELECT unnest(p.record_ids) FROM orders_sync.window_pages p
-                WHERE p.pipeline_id = $1 AND p.store_code = $2 AND p.from_date = $3::date
-                  AND p.to_date = $4::date AND p.stream = $5
+                WHERE p.pipeline_id = $1 AND p.store_code = $2 AND p.from_date = $3
+                  AND p.to_date = $4 AND p.stream = $5
             ) stale
             "#,
             &[
                 window.pipeline_id.into(),
                 window.store_code.as_str().into(),
-                from.clone().into(),
-                to.clone().into(),
+                from.into(),
+                to.into(),
                 stream.as_str().into(),
             ],
         )?
@@ -239,13 +371,13 @@ pub fn complete_window(completion: &Completion) -> SpiResult<i64> {
     // guaranteed order, and the INSERT must see the range already cleared.
     Spi::run_with_args(
         "DELETE FROM orders_sync.kpi_facts_daily
-         WHERE pipeline = $3 AND store_code = $1 AND stream = ANY($2) AND day BETWEEN $4::date AND $5::date",
+         WHERE pipeline = $3 AND store_code = $1 AND stream = ANY($2) AND day BETWEEN $4 AND $5",
         &[
             window.store_code.as_str().into(),
             completion.streams.to_vec().into(),
             completion.pipeline_code.into(),
-            from.clone().into(),
-            to.clone().into(),
+            from.into(),
+            to.into(),
         ],
     )?;
     Spi::run_with_args(
@@ -254,14 +386,14 @@ pub fn complete_window(completion: &Completion) -> SpiResult<i64> {
         SELECT $6, r.store_code, r.stream, r.record_date, count(*), coalesce(sum(r.amount), 0)
         FROM orders_sync.records r
         WHERE r.pipeline_id = $1 AND r.store_code = $2 AND r.stream = ANY($5)
-          AND r.record_date BETWEEN $3::date AND $4::date
+          AND r.record_date BETWEEN $3 AND $4
         GROUP BY r.store_code, r.stream, r.record_date
         "#,
         &[
             window.pipeline_id.into(),
             window.store_code.as_str().into(),
-            from.clone().into(),
-            to.clone().into(),
+            from.into(),
+            to.into(),
             completion.streams.to_vec().into(),
             completion.pipeline_code.into(),
         ],
@@ -276,7 +408,7 @@ pub fn complete_window(completion: &Completion) -> SpiResult<i64> {
         ),
         progress AS (
             DELETE FROM orders_sync.window_pages
-            WHERE pipeline_id = $5 AND store_code = $6 AND from_date = $7::date AND to_date = $8::date
+            WHERE pipeline_id = $5 AND store_code = $6 AND from_date = $7 AND to_date = $8
         )
         UPDATE orders_sync.sync_jobs
         SET status = $2, error_message = $3, finished_at = now(), heartbeat_at = now()
@@ -294,4 +426,65 @@ pub fn complete_window(completion: &Completion) -> SpiResult<i64> {
         ],
     )?;
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn record(id: &str, md5: u8) -> Record {
+        Record {
+            id: id.to_owned(),
+            date: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            amount: None,
+            payload: String::new(),
+            payload_md5: [md5; 16],
+        }
+    }
+
+    #[test]
+    fn records_are_absent_changed_or_unchanged() {
+        let records = [record("a", 1), record("c", 2), record("d", 3), record("f", 4)];
+        let stored = [
+            ("b".to_owned(), Some([9; 16])),
+            ("c".to_owned(), Some([2; 16])),
+            ("d".to_owned(), Some([7; 16])),
+            ("e".to_owned(), None),
+            ("f".to_owned(), None),
+        ];
+        assert_eq!(
+            classify(&records, &stored),
+            [Stored::Absent, Stored::Unchanged, Stored::Changed, Stored::Changed]
+        );
+        assert_eq!(classify(&records, &[]), [Stored::Absent; 4]);
+        assert!(classify(&[], &stored).is_empty());
+    }
+
+    proptest! {
+        /// The merge agrees with a lookup by id, whatever the overlap of page and table.
+        #[test]
+        fn merge_agrees_with_a_lookup_by_id(
+            page in proptest::collection::btree_map("[a-e]{1,3}", 0u8..3, 0..40),
+            table in proptest::collection::btree_map("[a-e]{1,3}", proptest::option::of(0u8..3), 0..40),
+        ) {
+            let records: Vec<Record> = page.iter().map(|(id, md5)| record(id, *md5)).collect();
+            let stored: Vec<(String, Option<[u8; 16]>)> =
+                table.iter().map(|(id, md5)| (id.clone(), md5.map(|m| [m; 16]))).collect();
+            let lookup: HashMap<&str, Option<[u8; 16]>> =
+                stored.iter().map(|(id, md5)| (id.as_str(), *md5)).collect();
+            let expected: Vec<Stored> = records
+                .iter()
+                .map(|r| match lookup.get(r.id.as_str()) {
+                    None => Stored::Absent,
+                    Some(md5) if *md5 == Some(r.payload_md5) => Stored::Unchanged,
+                    Some(_) => Stored::Changed,
+                })
+                .collect();
+            prop_assert_eq!(classify(&records, &stored), expected);
+        }
+    }
 }

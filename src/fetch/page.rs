@@ -5,9 +5,8 @@
 //! the payload is stored byte for byte as the source sent it and an amount keeps its exact
 //! decimal text (never an f64 round trip).
 
-use std::collections::HashMap;
-
 use chrono::NaiveDate;
+use md5::{Digest, Md5};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -36,13 +35,18 @@ pub struct Record {
     pub amount: Option<String>,
     /// The record's JSON text, unchanged (valid JSON, an object, no `\u0000` escape).
     pub payload: String,
+    /// md5 of `payload`: a re-sync recognises an unchanged record by this alone. Computed
+    /// here, on the fetching thread, so the writing thread never hashes.
+    pub payload_md5: [u8; 16],
 }
 
 /// One page, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
-    /// In the source's order. When an id occurs more than once in the page, only its last
-    /// occurrence is kept (a source that changed a row mid-page sent the newest last).
+    /// Sorted by id in byte order, which is the order of the records table's `COLLATE "C"`
+    /// key: the write stage upserts key-ordered batches and merges them with what is stored.
+    /// When an id occurs more than once in the page, only its last occurrence is kept (a
+    /// source that changed a row mid-page sent the newest last).
     pub records: Vec<Record>,
     /// The cursor for the next page; `None` when this was the last one.
     pub next_page_token: Option<String>,
@@ -95,7 +99,7 @@ pub(crate) fn parse_page(body: &[u8], request: &PageRequest<'_>) -> Result<Page,
         None => None,
         Some(raw) => Some(parse_next_page_token(raw, request)?),
     };
-    let duplicate_ids = keep_last_of_each_id(&mut records);
+    let duplicate_ids = sort_keeping_last_of_each_id(&mut records);
     Ok(Page {
         records,
         next_page_token,
@@ -214,6 +218,7 @@ fn parse_record(
         id,
         date,
         amount,
+        payload_md5: Md5::digest(raw.get().as_bytes()).into(),
         payload: raw.get().to_owned(),
     })
 }
@@ -243,24 +248,19 @@ fn parse_next_page_token(raw: &RawValue, request: &PageRequest<'_>) -> Result<St
     Ok(token)
 }
 
-/// Keeps the last record of each id, in page order; returns how many were dropped.
-fn keep_last_of_each_id(records: &mut Vec<Record>) -> u32 {
-    let last: HashMap<&str, usize> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.id.as_str(), i))
-        .collect();
-    if last.len() == records.len() {
-        return 0;
-    }
-    let keep: Vec<bool> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| last[r.id.as_str()] == i)
-        .collect();
+/// Sorts records by id and keeps the last record of each id; returns how many were dropped.
+fn sort_keeping_last_of_each_id(records: &mut Vec<Record>) -> u32 {
+    // Stable: records sharing an id stay in page order, so the last of a run is the newest.
+    records.sort_by(|a, b| a.id.cmp(&b.id));
     let before = records.len();
-    let mut flags = keep.into_iter();
-    records.retain(|_| flags.next().unwrap_or(true));
+    let mut kept: Vec<Record> = Vec::with_capacity(before);
+    for record in records.drain(..) {
+        match kept.last_mut() {
+            Some(last) if last.id == record.id => *last = record,
+            _ => kept.push(record),
+        }
+    }
+    *records = kept;
     u32::try_from(before - records.len()).unwrap_or(u32::MAX)
 }
 
@@ -418,7 +418,7 @@ mod tests {
     #[test]
     fn good_page_keeps_payload_and_amount_text_exactly() {
         let second =
-            r#"{ "id" : "b", "date":"2024-01-07", "amount": -0.50, "nested": {"x": [1, 2.0]} }"#;
+            r#"{ "id" : "z", "date":"2024-01-07", "amount": -0.50, "nested": {"x": [1, 2.0]} }"#;
         let body = format!(
             "{{\"data\": [{SIMULATOR_RECORD}, {second}], \"next_page_token\": \"p1.d20240102.n3.c9\"}}"
         );
@@ -748,6 +748,24 @@ mod tests {
     }
 
     #[test]
+    fn records_come_sorted_by_id_bytes_with_the_md5_of_their_text() {
+        let page = parse(&page_of(&[
+            r#"{"id":"b","date":"2024-01-02"}"#,
+            r#"{"id":"a","date":"2024-01-02","amount":1}"#,
+            r#"{"id":"B","date":"2024-01-02"}"#,
+            r#"{"id":"\u00e9","date":"2024-01-02"}"#,
+            r#"{"id":"aa","date":"2024-01-02"}"#,
+        ]))
+        .expect("page");
+        let ids: Vec<&str> = page.records.iter().map(|r| r.id.as_str()).collect();
+        // Byte order, as COLLATE "C" sorts: upper case first, non-ASCII last.
+        assert_eq!(ids, ["B", "a", "aa", "b", "\u{e9}"]);
+        // md5 of the exact text, as PostgreSQL's md5() would hash it.
+        let md5: String = page.records[1].payload_md5.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(md5, "bba7326ae00a2401d26e48dee402c037");
+    }
+
+    #[test]
     fn duplicate_ids_keep_the_last_occurrence() {
         let page = parse(&page_of(&[
             r#"{"id":"a","date":"2024-01-02","amount":1}"#,
@@ -761,7 +779,7 @@ mod tests {
             .iter()
             .map(|r| (r.id.as_str(), r.amount.as_deref()))
             .collect();
-        assert_eq!(kept, [("b", Some("2")), ("a", Some("4"))]);
+        assert_eq!(kept, [("a", Some("4")), ("b", Some("2"))]);
         assert_eq!(page.duplicate_ids, 2);
     }
 
