@@ -211,6 +211,84 @@ fn late_rows_appear_and_deleted_rows_disappear_after_a_rerun() {
     assert_eq!(kpi, 15, "KPI facts follow the deletion");
 }
 
+/// Window records of a store, each with the transaction that wrote its current version.
+fn row_versions(db: &mut Client, store: &str) -> Vec<(String, String)> {
+    db.query(
+        &format!(
+            "SELECT record_id, xmin::text FROM orders_sync.records
+             WHERE store_code = $1 AND record_date BETWEEN '{FROM}' AND '{TO}' ORDER BY record_id"
+        ),
+        &[&store],
+    )
+    .unwrap()
+    .iter()
+    .map(|row| (row.get(0), row.get(1)))
+    .collect()
+}
+
+#[test]
+fn a_record_stored_under_another_date_is_moved_not_a_key_violation() {
+    // The window is empty, but one id the source sends is already stored (written when the
+    // source dated it elsewhere): it must be updated in place, not inserted a second time.
+    let sim = Simulator::start(&[]);
+    let mut db = setup(&sim, &[("TDMOVE", "TD")]);
+    db.execute(
+        "INSERT INTO orders_sync.records (pipeline_id, store_code, stream, record_id, record_date, amount, payload)
+         SELECT id, 'TDMOVE', 'orders', 'orders-TDMOVE-20260105-000003', '2025-06-01', 1, '{}'
+         FROM orders_sync.pipelines WHERE code = 'td_orders_sync'",
+        &[],
+    )
+    .unwrap();
+
+    assert_eq!(sync(&mut db, "td_orders_sync", "TDMOVE", ""), "success");
+
+    assert!(matches_truth(&mut db, &sim, "td_orders", "TDMOVE", "orders"));
+    assert_eq!(count_rows(&mut db, "td_orders", "TDMOVE"), 200, "moved, not duplicated");
+    let date: String = scalar(
+        &mut db,
+        "SELECT record_date::text FROM orders_sync.records WHERE record_id = 'orders-TDMOVE-20260105-000003'",
+    );
+    assert_eq!(date, "2026-01-05");
+}
+
+#[test]
+fn pages_whose_id_range_holds_many_other_records_still_write_only_changes() {
+    // 500 records stored by other means, dated outside the window, whose ids sort inside the
+    // first page's id range: reading that range would fetch far more than the page, so the
+    // page's ids are looked up one by one. Only the 2 changed records may be rewritten.
+    let sim = Simulator::start(&[]);
+    let mut db = setup(&sim, &[("TDWIDE", "TD")]);
+    assert_eq!(sync(&mut db, "td_orders_sync", "TDWIDE", ""), "success");
+    db.execute(
+        "INSERT INTO orders_sync.records (pipeline_id, store_code, stream, record_id, record_date, amount, payload)
+         SELECT p.id, 'TDWIDE', 'orders', 'orders-TDWIDE-20260101-000000-' || n, '2025-06-01', n, '{}'
+         FROM orders_sync.pipelines p, generate_series(1, 500) AS n WHERE p.code = 'td_orders_sync'",
+        &[],
+    )
+    .unwrap();
+    sim.control("/_control/change_rows", json!({"store": "TDWIDE", "stream": "orders", "date": "2026-01-01", "count": 2}));
+    let before = row_versions(&mut db, "TDWIDE");
+
+    assert_eq!(sync(&mut db, "td_orders_sync", "TDWIDE", ""), "success");
+
+    assert!(matches_truth(&mut db, &sim, "td_orders", "TDWIDE", "orders"));
+    assert!(matches_truth(&mut db, &sim, "td_sales", "TDWIDE", "sales"));
+    let after = row_versions(&mut db, "TDWIDE");
+    let rewritten: Vec<&str> = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b != a)
+        .map(|(b, _)| b.0.as_str())
+        .collect();
+    assert_eq!(before.len(), after.len());
+    assert_eq!(rewritten, ["orders-TDWIDE-20260101-000000", "orders-TDWIDE-20260101-000001"]);
+    let others: i64 = scalar(
+        &mut db,
+        "SELECT count(*) FROM orders_sync.records WHERE store_code = 'TDWIDE' AND record_date = '2025-06-01'",
+    );
+    assert_eq!(others, 500, "records outside the window are left alone");
+}
+
 #[test]
 fn a_500_then_success_is_retried() {
     let sim = Simulator::start(&[]);
