@@ -313,6 +313,9 @@ CREATE UNIQUE INDEX uq_sync_jobs_active_window
     ON orders_sync.sync_jobs (pipeline_id, store_code, from_date, to_date)
     WHERE status IN ('queued', 'running');
 CREATE INDEX ix_sync_jobs_run ON orders_sync.sync_jobs (run_id, status);
+-- Whether a store has a running job: asked for every dispatch decision (a store runs one
+-- window at a time). Partial, so it stays as small as the number of running jobs.
+CREATE INDEX ix_sync_jobs_running ON orders_sync.sync_jobs (store_code) WHERE status = 'running';
 
 CREATE TRIGGER sync_jobs_touch_updated_at
     BEFORE UPDATE ON orders_sync.sync_jobs

@@ -45,7 +45,7 @@ use reqwest::{StatusCode, Url};
 
 pub use backoff::{jitter_sample, parse_retry_after, retry_delay};
 pub use error::FetchError;
-pub use page::{Page, Record, MAX_PAGE_TOKEN_BYTES};
+pub use page::{sort_keeping_last_of_each_id, Page, Record, MAX_PAGE_TOKEN_BYTES};
 // Part of the stage's API for callers and tests; nothing outside needs them yet.
 #[allow(unused_imports)]
 pub use {

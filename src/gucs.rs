@@ -128,7 +128,3 @@ pub fn http_retry_base_delay_ms() -> u64 {
 pub fn http_max_response_bytes() -> u64 {
     HTTP_MAX_RESPONSE_KB.get() as u64 * 1024
 }
-
-pub fn default_timezone() -> String {
-    string_setting(&DEFAULT_TIMEZONE, "UTC")
-}

@@ -73,18 +73,24 @@ fn pick_jobs() -> pgrx::spi::SpiResult<Vec<Dispatch>> {
     // no running job at all.
     let candidates = Spi::connect(|client| {
         let table = client.select(
-            "SELECT j.id, j.run_id::text, j.store_code::text,
-                    coalesce((r.parameters->>'max_workers')::int, 1)
-             FROM orders_sync.sync_jobs j
-             JOIN orders_sync.pipeline_run_summaries r ON r.run_id = j.run_id
-             WHERE j.status = 'queued' AND r.overall_status = 'running' AND r.pipeline_name = $1
-               AND NOT EXISTS (SELECT 1 FROM orders_sync.sync_jobs o
-                               WHERE o.store_code = j.store_code AND o.status = 'running')
-               AND NOT EXISTS (SELECT 1 FROM orders_sync.sync_jobs e
-                               WHERE e.run_id = j.run_id AND e.pipeline_id = j.pipeline_id
-                                 AND e.store_code = j.store_code AND e.status = 'queued'
-                                 AND (e.from_date, e.id) < (j.from_date, j.id))
-             ORDER BY r.started_at, j.id",
+            // Set-based on purpose: a run may queue thousands of windows, and a correlated
+            // "no earlier queued window of this store" check would be quadratic in them.
+            "WITH running AS MATERIALIZED (
+                 SELECT DISTINCT store_code FROM orders_sync.sync_jobs WHERE status = 'running'
+             ),
+             firsts AS (
+                 SELECT DISTINCT ON (j.run_id, j.pipeline_id, j.store_code)
+                        j.id, j.run_id, j.store_code, r.started_at,
+                        coalesce((r.parameters->>'max_workers')::int, 1) AS run_cap
+                 FROM orders_sync.pipeline_run_summaries r
+                 JOIN orders_sync.sync_jobs j ON j.run_id = r.run_id AND j.status = 'queued'
+                 WHERE r.overall_status = 'running' AND r.pipeline_name = $1
+                 ORDER BY j.run_id, j.pipeline_id, j.store_code, j.from_date, j.id
+             )
+             SELECT f.id, f.run_id::text, f.store_code::text, f.run_cap
+             FROM firsts f
+             WHERE NOT EXISTS (SELECT 1 FROM running o WHERE o.store_code = f.store_code)
+             ORDER BY f.started_at, f.id",
             None,
             &[PIPELINE_NAME.into()],
         )?;
@@ -270,21 +276,37 @@ fn claim_next(run_id: &str, pipeline_id: i64, store_code: &str) -> pgrx::spi::Sp
     Spi::run(DISPATCH_LOCK)?;
     Spi::connect_mut(|client| {
         let table = client.update(
-            "WITH next AS (
-                 SELECT j.id FROM orders_sync.sync_jobs j
-                 JOIN orders_sync.pipeline_run_summaries r ON r.run_id = j.run_id AND r.overall_status = 'running'
-                 WHERE j.run_id = $1 AND j.status = 'queued'
-                   AND (SELECT count(*) FROM orders_sync.sync_jobs WHERE run_id = $1 AND status = 'running')
+            // Set-based like the launcher's pick: the running jobs and the run's open windows
+            // are each read once, never per candidate. (While a run is waited on with
+            // `wait => true`, the waiting call holds back the xmin horizon, so every finished
+            // job leaves dead index entries that each probe would visit again.)
+            "WITH running AS MATERIALIZED (
+                 SELECT run_id, store_code FROM orders_sync.sync_jobs WHERE status = 'running'
+             ),
+             run AS (
+                 SELECT r.run_id FROM orders_sync.pipeline_run_summaries r
+                 WHERE r.run_id = $1 AND r.overall_status = 'running'
+                   AND (SELECT count(*) FROM running WHERE run_id = $1)
                        < coalesce((r.parameters->>'max_workers')::int, 1)
-                   AND (SELECT count(*) FROM orders_sync.sync_jobs WHERE status = 'running') < $4
-                   AND NOT EXISTS (SELECT 1 FROM orders_sync.sync_jobs o
-                                   WHERE o.store_code = j.store_code AND o.status = 'running')
-                   AND NOT EXISTS (SELECT 1 FROM orders_sync.sync_jobs e
-                                   WHERE e.run_id = j.run_id AND e.pipeline_id = j.pipeline_id
-                                     AND e.store_code = j.store_code
-                                     AND (e.status IN ('failed', 'partial')
-                                          OR (e.status = 'queued' AND (e.from_date, e.id) < (j.from_date, j.id))))
-                 ORDER BY (j.pipeline_id = $2 AND j.store_code = $3) DESC, j.id
+                   AND (SELECT count(*) FROM running) < $4
+             ),
+             open AS MATERIALIZED (
+                 SELECT j.id, j.pipeline_id, j.store_code, j.from_date, j.status
+                 FROM run JOIN orders_sync.sync_jobs j ON j.run_id = run.run_id
+                 WHERE j.status IN ('queued', 'failed', 'partial')
+             ),
+             firsts AS (
+                 -- Each store's earliest queued window. A store with a failed or partial
+                 -- window sorts that first and so drops out: its later windows are skipped.
+                 SELECT DISTINCT ON (pipeline_id, store_code) id, pipeline_id, store_code, status
+                 FROM open
+                 ORDER BY pipeline_id, store_code, status = 'queued', from_date, id
+             ),
+             next AS (
+                 SELECT f.id FROM firsts f
+                 WHERE f.status = 'queued'
+                   AND NOT EXISTS (SELECT 1 FROM running o WHERE o.store_code = f.store_code)
+                 ORDER BY (f.pipeline_id = $2 AND f.store_code = $3) DESC, f.id
                  LIMIT 1
              )
              UPDATE orders_sync.sync_jobs j

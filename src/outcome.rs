@@ -54,6 +54,7 @@ impl PulledStamp {
         }
     }
 
+    /// The log column this stamp sets (a fixed identifier, safe to put in a query).
     pub fn column(self) -> &'static str {
         match self {
             PulledStamp::Orders => "orders_pulled_at",

@@ -17,7 +17,6 @@ use crate::write::Window;
 pub struct Attempt {
     pub job_id: i64,
     pub log_id: i64,
-    pub attempt_no: i32,
     pub window: Window,
     pub pipeline_code: String,
     /// All streams of the pipeline, in pull order (a stream's position decides its stamp).
@@ -161,7 +160,7 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
                                 WHERE l.pipeline_id = job.pipeline_id AND l.store_code = job.store_code
                                   AND l.from_date = job.from_date AND l.to_date = job.to_date)
                     FROM job
-                    RETURNING id, attempt_no
+                    RETURNING id
                 ),
                 started AS (
                     UPDATE orders_sync.sync_jobs j
@@ -171,7 +170,7 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
                     WHERE j.id = $1
                     RETURNING j.id
                 )
-                SELECT logged.id AS log_id, logged.attempt_no, j.pipeline_id, j.store_code::text AS store_code,
+                SELECT logged.id AS log_id, j.pipeline_id, j.store_code::text AS store_code,
                        j.from_date::text AS from_date, j.to_date::text AS to_date, j.streams,
                        p.code AS pipeline_code, p.streams AS pipeline_streams, p.base_url, p.page_size,
                        p.connect_timeout_ms, p.read_timeout_ms, p.max_attempts, c.api_token
@@ -190,7 +189,6 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
         Ok(Attempt {
             job_id,
             log_id: row.get_by_name("log_id")?.unwrap_or_default(),
-            attempt_no: row.get_by_name("attempt_no")?.unwrap_or(1),
             window: Window {
                 pipeline_id: row.get_by_name("pipeline_id")?.unwrap_or_default(),
                 store_code,

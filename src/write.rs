@@ -55,7 +55,9 @@ pub fn classify(records: &[Record], stored: &[(String, Option<[u8; 16]>)]) -> Ve
 /// sorted by id (key order); what is stored for their ids is read in one index range scan
 /// and merged with the page here, so unchanged records are never written (a re-sync writes
 /// no row versions), new ones take a plain INSERT (no speculative-insertion probe, half the
-/// cost of ON CONFLICT) and only changed ones an upsert.
+/// cost of ON CONFLICT) and only changed ones an upsert. The store's advisory lock keeps
+/// other workers from writing the store between the lookup and the insert; a writer outside
+/// orders_sync that does makes the INSERT fail on the key, which fails the window truthfully.
 pub fn write_page(
     window: &Window,
     job_id: i64,
@@ -65,8 +67,8 @@ pub fn write_page(
     next_page_token: Option<&str>,
 ) -> SpiResult<i64> {
     if !records.is_sorted_by(|a, b| a.id < b.id) {
-        records.sort_by(|a, b| a.id.cmp(&b.id));
-        records.dedup_by(|later, earlier| later.id == earlier.id);
+        // A fetched page is already sorted with unique ids; anything else is made so.
+        crate::fetch::sort_keeping_last_of_each_id(&mut records);
     }
     Spi::connect_mut(|client| {
         let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
@@ -268,11 +270,8 @@ pub fn window_is_empty(window: &Window, stream: &str) -> SpiResult<bool> {
 
 /// Stamps the log row once a stream has been pulled completely (seed 003 §C).
 pub fn stamp_pulled(log_id: i64, stamp: PulledStamp) -> SpiResult<()> {
-    let query = match stamp {
-        PulledStamp::Orders => "UPDATE orders_sync.orders_sync_log SET orders_pulled_at = now() WHERE id = $1",
-        PulledStamp::Sales => "UPDATE orders_sync.orders_sync_log SET sales_pulled_at = now() WHERE id = $1",
-    };
-    Spi::run_with_args(query, &[log_id.into()])
+    let query = format!("UPDATE orders_sync.orders_sync_log SET {} = now() WHERE id = $1", stamp.column());
+    Spi::run_with_args(&query, &[log_id.into()])
 }
 
 /// What a window's attempt ended with, to be committed in one transaction.

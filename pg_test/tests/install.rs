@@ -108,3 +108,96 @@ fn pg_dump_keeps_user_rows_of_extension_tables() {
     // jobs, their sequence, window pages, the schedule registry
     assert_eq!(dumped, 13);
 }
+
+/// Everything about the extension's objects that an upgrade script must get right, one line
+/// per fact, sorted: members, columns, indexes, constraints, triggers, function and view
+/// definitions, privileges, comments, pg_dump configuration and the built-in pipelines.
+const CATALOG: &str = r#"
+WITH ext AS (SELECT oid, extconfig, extcondition FROM pg_extension WHERE extname = 'orders_sync'),
+     rels AS (SELECT c.oid, c.relname, c.relkind, c.relacl FROM pg_class c
+              WHERE c.relnamespace = 'orders_sync'::regnamespace),
+     procs AS (SELECT p.oid, p.proacl FROM pg_proc p WHERE p.pronamespace = 'orders_sync'::regnamespace)
+SELECT line FROM (
+    SELECT 'member ' || pg_describe_object(d.classid, d.objid, d.objsubid) AS line
+    FROM pg_depend d, ext WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'
+    UNION ALL
+    SELECT format('column %s.%s %s not null=%s default=%s collation=%s identity=%s storage=%s',
+                  r.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                  pg_get_expr(ad.adbin, ad.adrelid), a.attcollation::regcollation, a.attidentity, a.attstorage)
+    FROM rels r JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+    LEFT JOIN pg_attrdef ad ON ad.adrelid = r.oid AND ad.adnum = a.attnum
+    WHERE r.relkind IN ('r', 'v', 'p')
+    UNION ALL
+    SELECT 'relation ' || r.relname || ' kind=' || r.relkind || ' acl=' || coalesce(r.relacl::text, '') FROM rels r
+    UNION ALL
+    SELECT 'index ' || pg_get_indexdef(i.indexrelid) || ' options=' || coalesce(c.reloptions::text, '')
+    FROM pg_index i JOIN rels r ON r.oid = i.indrelid JOIN pg_class c ON c.oid = i.indexrelid
+    UNION ALL
+    SELECT format('constraint %s on %s: %s', con.conname, con.conrelid::regclass, pg_get_constraintdef(con.oid))
+    FROM pg_constraint con WHERE con.connamespace = 'orders_sync'::regnamespace
+    UNION ALL
+    SELECT 'trigger ' || pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN rels r ON r.oid = t.tgrelid WHERE NOT t.tgisinternal
+    UNION ALL
+    SELECT format('function %s acl=%s: %s', p.oid::regprocedure, coalesce(p.proacl::text, ''), pg_get_functiondef(p.oid))
+    FROM procs p
+    UNION ALL
+    SELECT format('view %s: %s', r.oid::regclass, pg_get_viewdef(r.oid)) FROM rels r WHERE r.relkind IN ('v', 'm')
+    UNION ALL
+    SELECT format('comment %s: %s', pg_describe_object(d.classoid, d.objoid, d.objsubid), d.description)
+    FROM pg_description d
+    WHERE (d.classoid = 'pg_class'::regclass AND d.objoid IN (SELECT oid FROM rels))
+       OR (d.classoid = 'pg_proc'::regclass AND d.objoid IN (SELECT oid FROM procs))
+    UNION ALL
+    SELECT format('dump config %s where %s', ext.extconfig::regclass[], ext.extcondition) FROM ext
+    UNION ALL
+    SELECT format('schema acl %s', nspacl) FROM pg_namespace WHERE nspname = 'orders_sync'
+    UNION ALL
+    SELECT format('pipeline %s %s %s %s', code, sync_group, streams, timezone) FROM orders_sync.pipelines
+) facts
+ORDER BY line
+"#;
+
+fn catalog(db: &mut orders_sync_pg_test::postgres::Client) -> Vec<String> {
+    db.query(CATALOG, &[]).unwrap().iter().map(|row| row.get(0)).collect()
+}
+
+#[test]
+fn upgrading_from_0_1_0_matches_a_fresh_install_and_keeps_the_data() {
+    let _guard = exclusive();
+    let mut db = connect();
+    let shipped: i64 = scalar(
+        &mut db,
+        "SELECT count(*) FROM pg_available_extension_versions WHERE name = 'orders_sync' AND version = '0.1.0'",
+    );
+    assert_eq!(shipped, 1, "the 0.1.0 install script must be installed: scripts/test.sh copies pg_test/fixtures/orders_sync--0.1.0.sql");
+
+    db.batch_execute(
+        "DROP EXTENSION IF EXISTS orders_sync CASCADE;
+         CREATE EXTENSION orders_sync VERSION '0.1.0' CASCADE;
+         INSERT INTO orders_sync.store_master (store_code, sync_group, start_date) VALUES ('UPGRADE', 'TD', '2026-01-01');
+         INSERT INTO orders_sync.records (pipeline_id, store_code, stream, record_id, record_date, amount, payload)
+         SELECT id, 'UPGRADE', 'orders', 'kept-1', '2026-01-02', 12.5, '{\"id\": \"kept-1\"}'
+         FROM orders_sync.pipelines WHERE code = 'td_orders_sync';
+         ALTER EXTENSION orders_sync UPDATE;",
+    )
+    .unwrap();
+    let version: String = scalar(&mut db, "SELECT extversion FROM pg_extension WHERE extname = 'orders_sync'");
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    let kept: i64 = scalar(
+        &mut db,
+        "SELECT count(*) FROM orders_sync.records r JOIN orders_sync.store_master s USING (store_code)
+         WHERE r.record_id = 'kept-1' AND r.amount = 12.5",
+    );
+    assert_eq!(kept, 1, "an upgrade keeps the data");
+    let upgraded = catalog(&mut db);
+
+    db.batch_execute("DROP EXTENSION orders_sync CASCADE; CREATE EXTENSION orders_sync CASCADE").unwrap();
+    let fresh = catalog(&mut db);
+    let only_upgraded: Vec<&String> = upgraded.iter().filter(|line| !fresh.contains(line)).collect();
+    let only_fresh: Vec<&String> = fresh.iter().filter(|line| !upgraded.contains(line)).collect();
+    assert!(
+        only_upgraded.is_empty() && only_fresh.is_empty(),
+        "upgrade scripts and the install script disagree\nonly after the upgrade: {only_upgraded:#?}\nonly in a fresh install: {only_fresh:#?}"
+    );
+    assert!(fresh.len() > 100, "the catalog description must cover the schema ({} lines)", fresh.len());
+}

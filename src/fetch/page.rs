@@ -249,7 +249,7 @@ fn parse_next_page_token(raw: &RawValue, request: &PageRequest<'_>) -> Result<St
 }
 
 /// Sorts records by id and keeps the last record of each id; returns how many were dropped.
-fn sort_keeping_last_of_each_id(records: &mut Vec<Record>) -> u32 {
+pub fn sort_keeping_last_of_each_id(records: &mut Vec<Record>) -> u32 {
     // Stable: records sharing an id stay in page order, so the last of a run is the newest.
     records.sort_by(|a, b| a.id.cmp(&b.id));
     let before = records.len();
