@@ -128,9 +128,9 @@ SELECT line FROM (
     LEFT JOIN pg_attrdef ad ON ad.adrelid = r.oid AND ad.adnum = a.attnum
     WHERE r.relkind IN ('r', 'v', 'p')
     UNION ALL
-    SELECT 'relation ' || r.relname || ' kind=' || r.relkind || ' acl=' || coalesce(r.relacl::text, '') FROM rels r
+    SELECT format('relation %s kind=%s acl=%s', r.relname, r.relkind, r.relacl) FROM rels r
     UNION ALL
-    SELECT 'index ' || pg_get_indexdef(i.indexrelid) || ' options=' || coalesce(c.reloptions::text, '')
+    SELECT format('index %s options=%s', pg_get_indexdef(i.indexrelid), c.reloptions)
     FROM pg_index i JOIN rels r ON r.oid = i.indrelid JOIN pg_class c ON c.oid = i.indexrelid
     UNION ALL
     SELECT format('constraint %s on %s: %s', con.conname, con.conrelid::regclass, pg_get_constraintdef(con.oid))
@@ -138,7 +138,7 @@ SELECT line FROM (
     UNION ALL
     SELECT 'trigger ' || pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN rels r ON r.oid = t.tgrelid WHERE NOT t.tgisinternal
     UNION ALL
-    SELECT format('function %s acl=%s: %s', p.oid::regprocedure, coalesce(p.proacl::text, ''), pg_get_functiondef(p.oid))
+    SELECT format('function %s acl=%s: %s', p.oid::regprocedure, p.proacl, pg_get_functiondef(p.oid))
     FROM procs p
     UNION ALL
     SELECT format('view %s: %s', r.oid::regclass, pg_get_viewdef(r.oid)) FROM rels r WHERE r.relkind IN ('v', 'm')
