@@ -190,7 +190,8 @@ BEGIN
     INSERT INTO orders_sync.schedules AS s (job_name, schedule, command, kind)
     VALUES (v_job_name, schedule_profiler.schedule, v_command, 'profiler')
     ON CONFLICT ON CONSTRAINT schedules_pkey DO UPDATE
-        SET schedule = EXCLUDED.schedule, command = EXCLUDED.command, kind = EXCLUDED.kind, updated_at = now();
+        SET schedule = EXCLUDED.schedule, command = EXCLUDED.command, kind = EXCLUDED.kind,
+            registered_by = current_user, updated_at = now();
     RETURN v_job_id;
 END
 $fn$;
@@ -223,7 +224,8 @@ BEGIN
         INSERT INTO orders_sync.schedules AS s (job_name, schedule, command, kind)
         VALUES (v_job.name, v_job.schedule, v_job.command, 'maintenance')
         ON CONFLICT ON CONSTRAINT schedules_pkey DO UPDATE
-            SET schedule = EXCLUDED.schedule, command = EXCLUDED.command, kind = EXCLUDED.kind, updated_at = now();
+            SET schedule = EXCLUDED.schedule, command = EXCLUDED.command, kind = EXCLUDED.kind,
+            registered_by = current_user, updated_at = now();
         job_name := v_job.name;
         RETURN NEXT;
     END LOOP;
@@ -268,13 +270,28 @@ DECLARE
     v_job record;
 BEGIN
     FOR v_job IN
-        SELECT s.job_name, s.schedule, s.command, r.job_id, r.active
+        SELECT s.job_name, s.schedule, s.command, s.registered_by, r.job_id, r.active
         FROM orders_sync.schedules s
         JOIN orders_sync.scheduled_job_runs() r ON r.job_name = s.job_name
         ORDER BY s.job_name
     LOOP
         IF v_job.job_id IS NULL THEN
-            PERFORM cron.schedule(v_job.job_name, v_job.schedule, v_job.command);
+            -- Recreated as the role that registered it, never as the caller: the command is
+            -- whatever that role wrote into the registry.
+            IF v_job.registered_by IS NULL THEN
+                RAISE EXCEPTION 'cannot recreate pg_cron job %: the role it ran as is unknown', v_job.job_name
+                    USING ERRCODE = 'insufficient_privilege',
+                          HINT = 'Register it again with orders_sync.schedule_profiler or orders_sync.schedule_maintenance.';
+            ELSIF v_job.registered_by = current_user THEN
+                PERFORM cron.schedule(v_job.job_name, v_job.schedule, v_job.command);
+            ELSIF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+                PERFORM cron.schedule_in_database(v_job.job_name, v_job.schedule, v_job.command,
+                                                  current_database(), v_job.registered_by);
+            ELSE
+                RAISE EXCEPTION 'cannot recreate pg_cron job %: it runs as role %, and only that role or a superuser may schedule it',
+                                v_job.job_name, v_job.registered_by
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
             -- The stale clock restarts: the recreated job has had no chance to run yet.
             UPDATE orders_sync.schedules s SET updated_at = now() WHERE s.job_name = v_job.job_name;
             job_name := v_job.job_name;

@@ -366,10 +366,35 @@ CREATE TABLE orders_sync.schedules (
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     CONSTRAINT schedules_pkey PRIMARY KEY (job_name),
     CONSTRAINT schedules_job_name_format CHECK (job_name ~ '^[A-Za-z0-9_.-]{1,63}$'),
-    CONSTRAINT schedules_schedule_short CHECK (length(schedule) BETWEEN 1 AND 200)
+    CONSTRAINT schedules_schedule_short CHECK (length(schedule) BETWEEN 1 AND 200),
+    -- The role whose rights the job runs with: whoever last wrote its command or schedule
+    -- (stamped by the trigger below, whatever a writer puts here). repair_schedules recreates
+    -- a job as this role, never as the caller: an admin who can write the registry must not
+    -- get a command run with a superuser's rights. NULL: unknown (a row from 0.1.0 whose
+    -- pg_cron job was gone at the upgrade); repair then refuses until it is re-registered.
+    registered_by NAME DEFAULT current_user
 );
 
 COMMENT ON TABLE orders_sync.schedules IS
-    'Registry of the pg_cron jobs orders_sync expects (job name, cron schedule in UTC, command); see scheduler_health.';
+    'Registry of the pg_cron jobs orders_sync expects (job name, cron schedule in UTC, command, the role it runs as); see scheduler_health.';
+
+CREATE FUNCTION orders_sync.stamp_schedule_registrant() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF TG_OP = 'INSERT'
+       OR NEW.command IS DISTINCT FROM OLD.command
+       OR NEW.schedule IS DISTINCT FROM OLD.schedule
+       OR NEW.registered_by IS DISTINCT FROM OLD.registered_by THEN
+        NEW.registered_by := current_user;
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+
+CREATE TRIGGER schedules_stamp_registrant
+    BEFORE INSERT OR UPDATE ON orders_sync.schedules
+    FOR EACH ROW EXECUTE FUNCTION orders_sync.stamp_schedule_registrant();
 
 SELECT pg_catalog.pg_extension_config_dump('orders_sync.schedules', '');

@@ -178,6 +178,7 @@ fn upgrading_from_0_1_0_matches_a_fresh_install_and_keeps_the_data() {
          INSERT INTO orders_sync.records (pipeline_id, store_code, stream, record_id, record_date, amount, payload)
          SELECT id, 'UPGRADE', 'orders', 'kept-1', '2026-01-02', 12.5, '{\"id\": \"kept-1\"}'
          FROM orders_sync.pipelines WHERE code = 'td_orders_sync';
+         SELECT orders_sync.schedule_profiler(schedule => '0 0 1 1 *', env => 'upgrade', job_name => 'it_upgrade');
          ALTER EXTENSION orders_sync UPDATE;",
     )
     .unwrap();
@@ -189,6 +190,13 @@ fn upgrading_from_0_1_0_matches_a_fresh_install_and_keeps_the_data() {
          WHERE r.record_id = 'kept-1' AND r.amount = 12.5",
     );
     assert_eq!(kept, 1, "an upgrade keeps the data");
+    let registrant: String = scalar(
+        &mut db,
+        "SELECT registered_by::text FROM orders_sync.schedules WHERE job_name = 'it_upgrade'",
+    );
+    let cron_user: String = scalar(&mut db, "SELECT username FROM cron.job WHERE jobname = 'it_upgrade'");
+    assert_eq!(registrant, cron_user, "0.1.1 learns who each registered job runs as from pg_cron");
+    let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
     let upgraded = catalog(&mut db);
 
     db.batch_execute("DROP EXTENSION orders_sync CASCADE; CREATE EXTENSION orders_sync CASCADE").unwrap();

@@ -326,3 +326,61 @@ fn monitor_reads_health_but_cannot_schedule_or_see_other_commands() {
     db.batch_execute("DROP ROLE it_sched_dashboard").unwrap();
     let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
 }
+
+#[test]
+fn repair_recreates_a_job_as_the_role_that_registered_it_never_as_the_caller() {
+    let _guard = exclusive();
+    let mut db = setup();
+    db.batch_execute(
+        "DROP OWNED BY it_scheduler; DROP ROLE IF EXISTS it_scheduler;
+         DROP OWNED BY it_other_admin; DROP ROLE IF EXISTS it_other_admin;",
+    )
+    .ok();
+    db.batch_execute(
+        "CREATE ROLE it_scheduler LOGIN IN ROLE orders_sync_admin;
+         CREATE ROLE it_other_admin LOGIN IN ROLE orders_sync_admin;
+         GRANT USAGE ON SCHEMA cron TO it_scheduler, it_other_admin;",
+    )
+    .unwrap();
+    let connect_as = |role: &str| {
+        let dsn = format!("{} user={role}", orders_sync_pg_test::dsn());
+        Client::connect(&dsn, orders_sync_pg_test::postgres::NoTls).expect("connect as an admin role")
+    };
+
+    // An admin registers a job, then rewrites the registry by hand, claiming a superuser.
+    let mut admin = connect_as("it_scheduler");
+    schedule(&mut admin, "it_owned", YEARLY);
+    admin
+        .execute(
+            "UPDATE orders_sync.schedules SET command = 'SELECT 42', registered_by = 'postgres' WHERE job_name = 'it_owned'",
+            &[],
+        )
+        .unwrap();
+    let registrant: String = scalar(&mut db, "SELECT registered_by::text FROM orders_sync.schedules WHERE job_name = 'it_owned'");
+    assert_eq!(registrant, "it_scheduler", "the writer is stamped, whatever it claims");
+
+    // The job disappears; a superuser repairs: it comes back as the admin's job.
+    db.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'it_owned'", &[]).unwrap();
+    assert_eq!(repair(&mut db), [("it_owned".to_string(), "recreated".to_string())]);
+    let owner: String = scalar(&mut db, "SELECT username FROM cron.job WHERE jobname = 'it_owned'");
+    assert_eq!(owner, "it_scheduler", "a superuser's repair must not run an admin's command as superuser");
+    assert_eq!(health(&mut db, "it_owned").0, "ok");
+
+    // Another admin may not recreate it at all.
+    db.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'it_owned'", &[]).unwrap();
+    let mut other = connect_as("it_other_admin");
+    let message = error_of(&mut other, "SELECT * FROM orders_sync.repair_schedules()");
+    assert!(
+        message.contains("cannot recreate pg_cron job it_owned: it runs as role it_scheduler"),
+        "{message}"
+    );
+    // The registrant itself may.
+    assert_eq!(repair(&mut admin), [("it_owned".to_string(), "recreated".to_string())]);
+
+    drop((admin, other));
+    let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+    db.batch_execute(
+        "DROP OWNED BY it_scheduler; DROP ROLE it_scheduler; DROP OWNED BY it_other_admin; DROP ROLE it_other_admin;",
+    )
+    .unwrap();
+}
