@@ -7,11 +7,16 @@ CREATE INDEX ix_sync_jobs_running ON orders_sync.sync_jobs (store_code) WHERE st
 
 -- Registry rows remember the role a job runs as; repair_schedules recreates a missing job as
 -- that role instead of the caller (an admin could otherwise have a superuser schedule any
--- command). Existing rows take the role from their pg_cron job; a row whose job is gone
--- stays NULL (unknown) until it is registered again.
+-- command). Existing rows take the role of the pg_cron job in this database with the same
+-- name and the same command; a row whose job is gone, or whose command differs from what
+-- pg_cron runs, stays NULL (unknown) until it is registered again.
 ALTER TABLE orders_sync.schedules ADD COLUMN registered_by NAME;
-UPDATE orders_sync.schedules s SET registered_by = j.username
-FROM cron.job j WHERE j.jobname = s.job_name;
+UPDATE orders_sync.schedules s
+SET registered_by = (SELECT j.username FROM cron.job j
+                     WHERE j.jobname = s.job_name AND j.command = s.command
+                       AND j.database = current_database()
+                     ORDER BY j.jobid DESC
+                     LIMIT 1);
 ALTER TABLE orders_sync.schedules ALTER COLUMN registered_by SET DEFAULT current_user;
 COMMENT ON TABLE orders_sync.schedules IS
     'Registry of the pg_cron jobs orders_sync expects (job name, cron schedule in UTC, command, the role it runs as); see scheduler_health.';
@@ -20,11 +25,21 @@ CREATE FUNCTION orders_sync.stamp_schedule_registrant() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
+DECLARE
+    v_superuser boolean := (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user);
 BEGIN
-    IF TG_OP = 'INSERT'
-       OR NEW.command IS DISTINCT FROM OLD.command
-       OR NEW.schedule IS DISTINCT FROM OLD.schedule
-       OR NEW.registered_by IS DISTINCT FROM OLD.registered_by THEN
+    -- The command is what runs, so its writer is the registrant. Only a superuser may name
+    -- another role (a restore from pg_dump copies the rows as a superuser and must keep
+    -- them); anyone else is stamped as themselves, whatever they put here.
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.registered_by IS NULL OR NOT v_superuser THEN
+            NEW.registered_by := current_user;
+        END IF;
+    ELSIF NEW.registered_by IS DISTINCT FROM OLD.registered_by THEN
+        IF NEW.registered_by IS NULL OR NOT v_superuser THEN
+            NEW.registered_by := current_user;
+        END IF;
+    ELSIF NEW.command IS DISTINCT FROM OLD.command THEN
         NEW.registered_by := current_user;
     END IF;
     RETURN NEW;
@@ -148,6 +163,7 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     v_job record;
+    v_skip text;
 BEGIN
     FOR v_job IN
         SELECT s.job_name, s.schedule, s.command, s.registered_by, r.job_id, r.active
@@ -157,20 +173,25 @@ BEGIN
     LOOP
         IF v_job.job_id IS NULL THEN
             -- Recreated as the role that registered it, never as the caller: the command is
-            -- whatever that role wrote into the registry.
+            -- whatever that role wrote into the registry. A job that cannot be recreated is
+            -- reported and skipped; the others are still repaired.
             IF v_job.registered_by IS NULL THEN
-                RAISE EXCEPTION 'cannot recreate pg_cron job %: the role it ran as is unknown', v_job.job_name
-                    USING ERRCODE = 'insufficient_privilege',
-                          HINT = 'Register it again with orders_sync.schedule_profiler or orders_sync.schedule_maintenance.';
+                v_skip := 'the role it runs as is unknown; register it again with orders_sync.schedule_profiler or orders_sync.schedule_maintenance';
             ELSIF v_job.registered_by = current_user THEN
                 PERFORM cron.schedule(v_job.job_name, v_job.schedule, v_job.command);
             ELSIF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
                 PERFORM cron.schedule_in_database(v_job.job_name, v_job.schedule, v_job.command,
                                                   current_database(), v_job.registered_by);
             ELSE
-                RAISE EXCEPTION 'cannot recreate pg_cron job %: it runs as role %, and only that role or a superuser may schedule it',
-                                v_job.job_name, v_job.registered_by
-                    USING ERRCODE = 'insufficient_privilege';
+                v_skip := format('it runs as role %s; only that role or a superuser may recreate it', v_job.registered_by);
+            END IF;
+            IF v_skip IS NOT NULL THEN
+                RAISE WARNING 'orders_sync: pg_cron job % not recreated: %', v_job.job_name, v_skip;
+                job_name := v_job.job_name;
+                action := 'not recreated: ' || v_skip;
+                v_skip := NULL;
+                RETURN NEXT;
+                CONTINUE;
             END IF;
             -- The stale clock restarts: the recreated job has had no chance to run yet.
             UPDATE orders_sync.schedules s SET updated_at = now() WHERE s.job_name = v_job.job_name;

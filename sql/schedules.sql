@@ -268,6 +268,7 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     v_job record;
+    v_skip text;
 BEGIN
     FOR v_job IN
         SELECT s.job_name, s.schedule, s.command, s.registered_by, r.job_id, r.active
@@ -277,20 +278,25 @@ BEGIN
     LOOP
         IF v_job.job_id IS NULL THEN
             -- Recreated as the role that registered it, never as the caller: the command is
-            -- whatever that role wrote into the registry.
+            -- whatever that role wrote into the registry. A job that cannot be recreated is
+            -- reported and skipped; the others are still repaired.
             IF v_job.registered_by IS NULL THEN
-                RAISE EXCEPTION 'cannot recreate pg_cron job %: the role it ran as is unknown', v_job.job_name
-                    USING ERRCODE = 'insufficient_privilege',
-                          HINT = 'Register it again with orders_sync.schedule_profiler or orders_sync.schedule_maintenance.';
+                v_skip := 'the role it runs as is unknown; register it again with orders_sync.schedule_profiler or orders_sync.schedule_maintenance';
             ELSIF v_job.registered_by = current_user THEN
                 PERFORM cron.schedule(v_job.job_name, v_job.schedule, v_job.command);
             ELSIF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
                 PERFORM cron.schedule_in_database(v_job.job_name, v_job.schedule, v_job.command,
                                                   current_database(), v_job.registered_by);
             ELSE
-                RAISE EXCEPTION 'cannot recreate pg_cron job %: it runs as role %, and only that role or a superuser may schedule it',
-                                v_job.job_name, v_job.registered_by
-                    USING ERRCODE = 'insufficient_privilege';
+                v_skip := format('it runs as role %s; only that role or a superuser may recreate it', v_job.registered_by);
+            END IF;
+            IF v_skip IS NOT NULL THEN
+                RAISE WARNING 'orders_sync: pg_cron job % not recreated: %', v_job.job_name, v_skip;
+                job_name := v_job.job_name;
+                action := 'not recreated: ' || v_skip;
+                v_skip := NULL;
+                RETURN NEXT;
+                CONTINUE;
             END IF;
             -- The stale clock restarts: the recreated job has had no chance to run yet.
             UPDATE orders_sync.schedules s SET updated_at = now() WHERE s.job_name = v_job.job_name;

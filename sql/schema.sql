@@ -367,11 +367,12 @@ CREATE TABLE orders_sync.schedules (
     CONSTRAINT schedules_pkey PRIMARY KEY (job_name),
     CONSTRAINT schedules_job_name_format CHECK (job_name ~ '^[A-Za-z0-9_.-]{1,63}$'),
     CONSTRAINT schedules_schedule_short CHECK (length(schedule) BETWEEN 1 AND 200),
-    -- The role whose rights the job runs with: whoever last wrote its command or schedule
-    -- (stamped by the trigger below, whatever a writer puts here). repair_schedules recreates
+    -- The role whose rights the job runs with: whoever last wrote its command (stamped by
+    -- the trigger below; only a superuser may name another role). repair_schedules recreates
     -- a job as this role, never as the caller: an admin who can write the registry must not
     -- get a command run with a superuser's rights. NULL: unknown (a row from 0.1.0 whose
-    -- pg_cron job was gone at the upgrade); repair then refuses until it is re-registered.
+    -- pg_cron job was gone or differed at the upgrade); repair skips it until it is
+    -- registered again.
     registered_by NAME DEFAULT current_user
 );
 
@@ -382,11 +383,21 @@ CREATE FUNCTION orders_sync.stamp_schedule_registrant() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
+DECLARE
+    v_superuser boolean := (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user);
 BEGIN
-    IF TG_OP = 'INSERT'
-       OR NEW.command IS DISTINCT FROM OLD.command
-       OR NEW.schedule IS DISTINCT FROM OLD.schedule
-       OR NEW.registered_by IS DISTINCT FROM OLD.registered_by THEN
+    -- The command is what runs, so its writer is the registrant. Only a superuser may name
+    -- another role (a restore from pg_dump copies the rows as a superuser and must keep
+    -- them); anyone else is stamped as themselves, whatever they put here.
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.registered_by IS NULL OR NOT v_superuser THEN
+            NEW.registered_by := current_user;
+        END IF;
+    ELSIF NEW.registered_by IS DISTINCT FROM OLD.registered_by THEN
+        IF NEW.registered_by IS NULL OR NOT v_superuser THEN
+            NEW.registered_by := current_user;
+        END IF;
+    ELSIF NEW.command IS DISTINCT FROM OLD.command THEN
         NEW.registered_by := current_user;
     END IF;
     RETURN NEW;

@@ -122,6 +122,11 @@ pub fn write_page(
 /// over the page's id range: sources hand out ids in runs, so the range holds little besides
 /// the page. When it holds far more (ids scattered over the key space), the ids are looked
 /// up one by one instead; the range scan stops at its limit, so the detour costs little.
+///
+/// The range is only trusted when the server's "C" order is the page's order, i.e. the
+/// database stores the ids' UTF-8 bytes as they are. In another encoding a range could miss
+/// stored ids (which the plain INSERT would then collide with), so the ids are looked up
+/// one by one there, and the result is put in Rust's order before the merge.
 fn stored_versions(
     client: &mut pgrx::spi::SpiClient<'_>,
     window: &Window,
@@ -131,7 +136,13 @@ fn stored_versions(
     let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
         return Ok(Vec::new());
     };
+    // SAFETY: reads the database's encoding, fixed for the life of the connection.
+    let encoding = unsafe { pg_sys::GetDatabaseEncoding() } as u32;
+    let bytes_as_sent = encoding == pg_sys::pg_enc::PG_UTF8 || encoding == pg_sys::pg_enc::PG_SQL_ASCII;
     let limit = 2 * ids.len() as i64 + 64;
+    if !bytes_as_sent {
+        return stored_versions_one_by_one(client, window, stream, ids);
+    }
     let in_range = read_versions(
         client,
         "SELECT record_id, payload_md5 FROM orders_sync.records
@@ -150,18 +161,29 @@ fn stored_versions(
     if (in_range.len() as i64) < limit {
         return Ok(in_range);
     }
-    read_versions(
+    stored_versions_one_by_one(client, window, stream, ids)
+}
+
+/// The (id, md5) pairs stored for `ids`, looked up id by id, in Rust's (byte) order.
+fn stored_versions_one_by_one(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    window: &Window,
+    stream: &str,
+    ids: &[&str],
+) -> SpiResult<Vec<(String, Option<[u8; 16]>)>> {
+    let mut versions = read_versions(
         client,
         "SELECT record_id, payload_md5 FROM orders_sync.records
-         WHERE pipeline_id = $1 AND store_code = $2 AND stream = $3 AND record_id = ANY($4)
-         ORDER BY record_id",
+         WHERE pipeline_id = $1 AND store_code = $2 AND stream = $3 AND record_id = ANY($4)",
         &[
             window.pipeline_id.into(),
             window.store_code.as_str().into(),
             stream.into(),
             ids.to_vec().into(),
         ],
-    )
+    )?;
+    versions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(versions)
 }
 
 fn read_versions(

@@ -114,21 +114,28 @@ fn pg_dump_keeps_user_rows_of_extension_tables() {
 /// definitions, privileges, comments, pg_dump configuration and the built-in pipelines.
 const CATALOG: &str = r#"
 WITH ext AS (SELECT oid, extconfig, extcondition FROM pg_extension WHERE extname = 'orders_sync'),
-     rels AS (SELECT c.oid, c.relname, c.relkind, c.relacl FROM pg_class c
+     rels AS (SELECT c.oid, c.relname, c.relkind, c.relacl, c.reloptions, c.relrowsecurity, c.relforcerowsecurity
+              FROM pg_class c
               WHERE c.relnamespace = 'orders_sync'::regnamespace),
      procs AS (SELECT p.oid, p.proacl FROM pg_proc p WHERE p.pronamespace = 'orders_sync'::regnamespace)
 SELECT line FROM (
     SELECT 'member ' || pg_describe_object(d.classid, d.objid, d.objsubid) AS line
     FROM pg_depend d, ext WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'
     UNION ALL
-    SELECT format('column %s.%s %s not null=%s default=%s collation=%s identity=%s storage=%s',
-                  r.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+    SELECT format('column %s.%s #%s %s not null=%s default=%s collation=%s identity=%s storage=%s',
+                  r.relname, a.attname, a.attnum, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                   pg_get_expr(ad.adbin, ad.adrelid), a.attcollation::regcollation, a.attidentity, a.attstorage)
     FROM rels r JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
     LEFT JOIN pg_attrdef ad ON ad.adrelid = r.oid AND ad.adnum = a.attnum
     WHERE r.relkind IN ('r', 'v', 'p')
     UNION ALL
-    SELECT format('relation %s kind=%s acl=%s', r.relname, r.relkind, r.relacl) FROM rels r
+    SELECT format('relation %s kind=%s acl=%s options=%s row security=%s forced=%s',
+                  r.relname, r.relkind, r.relacl, r.reloptions, r.relrowsecurity, r.relforcerowsecurity)
+    FROM rels r
+    UNION ALL
+    SELECT format('policy %s on %s: %s %s using %s check %s', pol.polname, pol.polrelid::regclass, pol.polcmd,
+                  pol.polroles::regrole[], pg_get_expr(pol.polqual, pol.polrelid), pg_get_expr(pol.polwithcheck, pol.polrelid))
+    FROM pg_policy pol JOIN rels r ON r.oid = pol.polrelid
     UNION ALL
     SELECT format('index %s options=%s', pg_get_indexdef(i.indexrelid), c.reloptions)
     FROM pg_index i JOIN rels r ON r.oid = i.indrelid JOIN pg_class c ON c.oid = i.indexrelid
@@ -136,7 +143,8 @@ SELECT line FROM (
     SELECT format('constraint %s on %s: %s', con.conname, con.conrelid::regclass, pg_get_constraintdef(con.oid))
     FROM pg_constraint con WHERE con.connamespace = 'orders_sync'::regnamespace
     UNION ALL
-    SELECT 'trigger ' || pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN rels r ON r.oid = t.tgrelid WHERE NOT t.tgisinternal
+    SELECT format('trigger %s enabled=%s', pg_get_triggerdef(t.oid), t.tgenabled)
+    FROM pg_trigger t JOIN rels r ON r.oid = t.tgrelid WHERE NOT t.tgisinternal
     UNION ALL
     SELECT format('function %s acl=%s: %s', p.oid::regprocedure, p.proacl, pg_get_functiondef(p.oid))
     FROM procs p
@@ -178,10 +186,34 @@ fn upgrading_from_0_1_0_matches_a_fresh_install_and_keeps_the_data() {
          INSERT INTO orders_sync.records (pipeline_id, store_code, stream, record_id, record_date, amount, payload)
          SELECT id, 'UPGRADE', 'orders', 'kept-1', '2026-01-02', 12.5, '{\"id\": \"kept-1\"}'
          FROM orders_sync.pipelines WHERE code = 'td_orders_sync';
-         SELECT orders_sync.schedule_profiler(schedule => '0 0 1 1 *', env => 'upgrade', job_name => 'it_upgrade');
-         ALTER EXTENSION orders_sync UPDATE;",
+         DO $$ BEGIN
+             IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'it_upgrader') THEN
+                 DROP OWNED BY it_upgrader; DROP ROLE it_upgrader;
+             END IF;
+         END $$;
+         CREATE ROLE it_upgrader LOGIN IN ROLE orders_sync_admin;
+         GRANT USAGE ON SCHEMA cron TO it_upgrader;",
     )
     .unwrap();
+    // 0.1.0 registry rows: one scheduled by an admin, one whose pg_cron job is gone, one whose
+    // command an admin rewrote in the registry after a superuser scheduled it.
+    let admin_dsn = format!("{} user=it_upgrader", orders_sync_pg_test::dsn());
+    let mut admin = orders_sync_pg_test::postgres::Client::connect(&admin_dsn, orders_sync_pg_test::postgres::NoTls)
+        .expect("connect as it_upgrader");
+    admin
+        .batch_execute("SELECT orders_sync.schedule_profiler(schedule => '0 0 1 1 *', env => 'upgrade', job_name => 'it_upgrade_admin')")
+        .unwrap();
+    db.batch_execute(
+        "SELECT orders_sync.schedule_profiler(schedule => '0 0 1 1 *', env => 'upgrade', job_name => 'it_upgrade_gone');
+         SELECT cron.unschedule('it_upgrade_gone');
+         SELECT orders_sync.schedule_profiler(schedule => '0 0 1 1 *', env => 'upgrade', job_name => 'it_upgrade_tampered');",
+    )
+    .unwrap();
+    admin
+        .batch_execute("UPDATE orders_sync.schedules SET command = 'SELECT 42' WHERE job_name = 'it_upgrade_tampered'")
+        .unwrap();
+    drop(admin);
+    db.batch_execute("ALTER EXTENSION orders_sync UPDATE").unwrap();
     let version: String = scalar(&mut db, "SELECT extversion FROM pg_extension WHERE extname = 'orders_sync'");
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
     let kept: i64 = scalar(
@@ -190,13 +222,32 @@ fn upgrading_from_0_1_0_matches_a_fresh_install_and_keeps_the_data() {
          WHERE r.record_id = 'kept-1' AND r.amount = 12.5",
     );
     assert_eq!(kept, 1, "an upgrade keeps the data");
-    let registrant: String = scalar(
-        &mut db,
-        "SELECT registered_by::text FROM orders_sync.schedules WHERE job_name = 'it_upgrade'",
+    let registrants: Vec<(String, Option<String>)> = db
+        .query("SELECT job_name, registered_by::text FROM orders_sync.schedules ORDER BY job_name", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        registrants,
+        [
+            ("it_upgrade_admin".to_string(), Some("it_upgrader".to_string())),
+            ("it_upgrade_gone".to_string(), None),
+            ("it_upgrade_tampered".to_string(), None),
+        ],
+        "the role comes from the pg_cron job running the same command, else it is unknown"
     );
-    let cron_user: String = scalar(&mut db, "SELECT username FROM cron.job WHERE jobname = 'it_upgrade'");
-    assert_eq!(registrant, cron_user, "0.1.1 learns who each registered job runs as from pg_cron");
+    let repaired: Vec<(String, String)> = db
+        .query("SELECT job_name, action FROM orders_sync.repair_schedules()", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(repaired.len(), 1, "{repaired:?}");
+    assert_eq!(repaired[0].0, "it_upgrade_gone");
+    assert!(repaired[0].1.starts_with("not recreated: the role it runs as is unknown"), "{repaired:?}");
     let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+    db.batch_execute("DROP OWNED BY it_upgrader; DROP ROLE it_upgrader").unwrap();
     let upgraded = catalog(&mut db);
 
     db.batch_execute("DROP EXTENSION orders_sync CASCADE; CREATE EXTENSION orders_sync CASCADE").unwrap();
@@ -204,7 +255,7 @@ fn upgrading_from_0_1_0_matches_a_fresh_install_and_keeps_the_data() {
     let only_upgraded: Vec<&String> = upgraded.iter().filter(|line| !fresh.contains(line)).collect();
     let only_fresh: Vec<&String> = fresh.iter().filter(|line| !upgraded.contains(line)).collect();
     assert!(
-        only_upgraded.is_empty() && only_fresh.is_empty(),
+        only_upgraded.is_empty() && only_fresh.is_empty() && upgraded == fresh,
         "upgrade scripts and the install script disagree\nonly after the upgrade: {only_upgraded:#?}\nonly in a fresh install: {only_fresh:#?}"
     );
     assert!(fresh.len() > 100, "the catalog description must cover the schema ({} lines)", fresh.len());

@@ -332,10 +332,16 @@ fn repair_recreates_a_job_as_the_role_that_registered_it_never_as_the_caller() {
     let _guard = exclusive();
     let mut db = setup();
     db.batch_execute(
-        "DROP OWNED BY it_scheduler; DROP ROLE IF EXISTS it_scheduler;
-         DROP OWNED BY it_other_admin; DROP ROLE IF EXISTS it_other_admin;",
+        "DO $$ BEGIN
+             IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'it_scheduler') THEN
+                 DROP OWNED BY it_scheduler; DROP ROLE it_scheduler;
+             END IF;
+             IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'it_other_admin') THEN
+                 DROP OWNED BY it_other_admin; DROP ROLE it_other_admin;
+             END IF;
+         END $$;",
     )
-    .ok();
+    .unwrap();
     db.batch_execute(
         "CREATE ROLE it_scheduler LOGIN IN ROLE orders_sync_admin;
          CREATE ROLE it_other_admin LOGIN IN ROLE orders_sync_admin;
@@ -347,17 +353,42 @@ fn repair_recreates_a_job_as_the_role_that_registered_it_never_as_the_caller() {
         Client::connect(&dsn, orders_sync_pg_test::postgres::NoTls).expect("connect as an admin role")
     };
 
+    let registrant = |db: &mut Client, job: &str| -> Option<String> {
+        db.query_one("SELECT registered_by::text FROM orders_sync.schedules WHERE job_name = $1", &[&job])
+            .unwrap()
+            .get(0)
+    };
     // An admin registers a job, then rewrites the registry by hand, claiming a superuser.
     let mut admin = connect_as("it_scheduler");
     schedule(&mut admin, "it_owned", YEARLY);
     admin
-        .execute(
-            "UPDATE orders_sync.schedules SET command = 'SELECT 42', registered_by = 'postgres' WHERE job_name = 'it_owned'",
-            &[],
-        )
+        .execute("UPDATE orders_sync.schedules SET registered_by = 'postgres' WHERE job_name = 'it_owned'", &[])
         .unwrap();
-    let registrant: String = scalar(&mut db, "SELECT registered_by::text FROM orders_sync.schedules WHERE job_name = 'it_owned'");
-    assert_eq!(registrant, "it_scheduler", "the writer is stamped, whatever it claims");
+    assert_eq!(registrant(&mut db, "it_owned").as_deref(), Some("it_scheduler"), "only a superuser may name another role");
+    admin
+        .execute("INSERT INTO orders_sync.schedules (job_name, schedule, command, kind, registered_by)
+                  VALUES ('it_forged', '0 0 1 1 *', 'SELECT 1', 'maintenance', 'postgres')", &[])
+        .unwrap();
+    assert_eq!(registrant(&mut db, "it_forged").as_deref(), Some("it_scheduler"));
+    admin
+        .execute("UPDATE orders_sync.schedules SET command = 'SELECT 42' WHERE job_name = 'it_owned'", &[])
+        .unwrap();
+    // A superuser changing only the schedule does not take over the admin's command; a
+    // superuser naming a role (as a restore from pg_dump does) is kept.
+    db.execute("UPDATE orders_sync.schedules SET schedule = '0 0 2 1 *' WHERE job_name = 'it_owned'", &[])
+        .unwrap();
+    db.execute("UPDATE orders_sync.schedules SET schedule = $1 WHERE job_name = 'it_owned'", &[&YEARLY])
+        .unwrap();
+    assert_eq!(registrant(&mut db, "it_owned").as_deref(), Some("it_scheduler"));
+    db.execute("DELETE FROM orders_sync.schedules WHERE job_name = 'it_forged'", &[]).unwrap();
+    db.execute(
+        "INSERT INTO orders_sync.schedules (job_name, schedule, command, kind, registered_by)
+         VALUES ('it_restored', '0 0 1 1 *', 'SELECT 1', 'maintenance', 'it_other_admin')",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(registrant(&mut db, "it_restored").as_deref(), Some("it_other_admin"));
+    db.execute("DELETE FROM orders_sync.schedules WHERE job_name = 'it_restored'", &[]).unwrap();
 
     // The job disappears; a superuser repairs: it comes back as the admin's job.
     db.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'it_owned'", &[]).unwrap();
@@ -366,14 +397,17 @@ fn repair_recreates_a_job_as_the_role_that_registered_it_never_as_the_caller() {
     assert_eq!(owner, "it_scheduler", "a superuser's repair must not run an admin's command as superuser");
     assert_eq!(health(&mut db, "it_owned").0, "ok");
 
-    // Another admin may not recreate it at all.
+    // Another admin may not recreate it: the job is reported and skipped, nothing scheduled.
     db.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'it_owned'", &[]).unwrap();
     let mut other = connect_as("it_other_admin");
-    let message = error_of(&mut other, "SELECT * FROM orders_sync.repair_schedules()");
-    assert!(
-        message.contains("cannot recreate pg_cron job it_owned: it runs as role it_scheduler"),
-        "{message}"
+    assert_eq!(
+        repair(&mut other),
+        [(
+            "it_owned".to_string(),
+            "not recreated: it runs as role it_scheduler; only that role or a superuser may recreate it".to_string()
+        )]
     );
+    assert!(cron_job(&mut db, "it_owned").is_none());
     // The registrant itself may.
     assert_eq!(repair(&mut admin), [("it_owned".to_string(), "recreated".to_string())]);
 
