@@ -18,41 +18,11 @@ REPEAT="${REPEAT:-3}"
 DAYS=100
 PER_DAY=$(( ROWS / DAYS ))
 PORT="${BENCH_PORT:-55431}"
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-work="${ORDERS_SYNC_WORK:-/var/tmp/orders_sync}"
-dir="$work/bench-ingest"
-target="${CARGO_TARGET_DIR:-$repo/target}"
-cd "$repo"
-
-bash scripts/setup.sh >/dev/null
-mkdir -p "$work" && chown postgres: "$work" 2>/dev/null || true
-cargo build -q --release -p orders_sync_simulator --bin orders_sync_simulator
-
-sim_pid=""
-dsn=""
-cleanup() {
-  [ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null || true
-  if [ -n "${BENCH_KEEP:-}" ]; then
-    echo "bench_ingest: cluster left running for inspection: psql '$dsn'; stop: scripts/pg_cluster.sh stop $dir"
-  else
-    scripts/pg_cluster.sh stop "$dir" || true
-  fi
-}
-trap cleanup EXIT
-
-exec 9>"$work/pgrx.lock"
-flock 9   # the installed .so must not change under the benchmark's cluster
-cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
-scripts/pg_cluster.sh stop "$dir"
-rm -rf "$dir"
-dsn=$(scripts/pg_cluster.sh start "$dir" "$PORT" bench_ingest "shared_buffers = 1GB" "max_wal_size = 4GB" ${BENCH_PG_SETTINGS:-})
-
-"$target/release/orders_sync_simulator" --listen 127.0.0.1:0 --rows-per-day "$PER_DAY" > "$dir/sim.out" &
-sim_pid=$!
-for _ in $(seq 50); do grep -q listening "$dir/sim.out" 2>/dev/null && break; sleep 0.1; done
-sim_url="http://$(sed -n 's/^listening on //p' "$dir/sim.out")"
-
-psql() { command psql "$dsn" -X -q -v ON_ERROR_STOP=1 "$@"; }
+source "$(dirname "${BASH_SOURCE[0]}")/bench_cluster.sh"
+bench_prepare bench-ingest
+# shellcheck disable=SC2086 # BENCH_PG_SETTINGS: extra settings, one word each
+bench_start_cluster "$PORT" bench_ingest "shared_buffers = 1GB" "max_wal_size = 4GB" ${BENCH_PG_SETTINGS:-}
+bench_start_simulator --rows-per-day "$PER_DAY"
 psql -c "CREATE EXTENSION orders_sync CASCADE" \
      -c "UPDATE orders_sync.pipelines SET base_url = '$sim_url', page_size = $PAGE_SIZE WHERE code = 'uc_orders_sync'" \
      -c "INSERT INTO orders_sync.store_master (store_code, sync_group, start_date) VALUES ('BENCH', 'UC', '2026-01-01')"

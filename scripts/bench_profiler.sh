@@ -13,42 +13,11 @@ DAYS="${DAYS:-365}"
 ROWS_PER_DAY="${ROWS_PER_DAY:-20}"
 WORKERS="${WORKERS:-1 2 4}"
 PORT="${BENCH_PORT:-55445}"
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-work="${ORDERS_SYNC_WORK:-/var/tmp/orders_sync}"
-dir="$work/bench-profiler"
-target="${CARGO_TARGET_DIR:-$repo/target}"
-cd "$repo"
-
-bash scripts/setup.sh >/dev/null
-mkdir -p "$work" && chown postgres: "$work" 2>/dev/null || true
-cargo build -q --release -p orders_sync_simulator --bin orders_sync_simulator
-
-sim_pid=""
-dsn=""
-cleanup() {
-  [ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null || true
-  if [ -n "${BENCH_KEEP:-}" ]; then
-    echo "bench_profiler: cluster left running: psql '$dsn'; stop: scripts/pg_cluster.sh stop $dir"
-  else
-    scripts/pg_cluster.sh stop "$dir" || true
-  fi
-}
-trap cleanup EXIT
-
-exec 9>"$work/pgrx.lock"
-flock 9   # the installed .so must not change under the benchmark's cluster
-cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
-scripts/pg_cluster.sh stop "$dir"
-rm -rf "$dir"
-dsn=$(scripts/pg_cluster.sh start "$dir" "$PORT" bench_profiler "shared_buffers = 512MB" "max_wal_size = 4GB" \
-  "fsync = off" "synchronous_commit = off" "orders_sync.max_workers = 8")
-
-"$target/release/orders_sync_simulator" --listen 127.0.0.1:0 --rows-per-day "$ROWS_PER_DAY" --threads 2 > "$dir/sim.out" &
-sim_pid=$!
-for _ in $(seq 50); do grep -q listening "$dir/sim.out" 2>/dev/null && break; sleep 0.1; done
-sim_url="http://$(sed -n 's/^listening on //p' "$dir/sim.out")"
-
-psql() { command psql "$dsn" -X -q -v ON_ERROR_STOP=1 "$@"; }
+source "$(dirname "${BASH_SOURCE[0]}")/bench_cluster.sh"
+bench_prepare bench-profiler
+bench_start_cluster "$PORT" bench_profiler "shared_buffers = 512MB" "max_wal_size = 4GB" \
+  "fsync = off" "synchronous_commit = off" "orders_sync.max_workers = 8"
+bench_start_simulator --rows-per-day "$ROWS_PER_DAY" --threads 2
 as_of=$(date -d "2026-01-01 + $((DAYS - 1)) days" +%F)
 psql -v url="$sim_url" -v stores="$STORES" <<'SQL'
 CREATE EXTENSION orders_sync CASCADE;
