@@ -50,35 +50,35 @@ struct Dispatch {
 /// until their worker reports in).
 fn pick_jobs() -> pgrx::spi::SpiResult<Vec<Dispatch>> {
     Spi::run(DISPATCH_LOCK)?;
-    let (running_by_run, running_total) = Spi::connect(|client| {
+    // The running jobs, read once: their count per run and in all (the caps) and their
+    // stores (a store runs one window at a time).
+    let (running_by_run, running_total, busy_stores) = Spi::connect(|client| {
         let table = client.select(
-            "SELECT run_id::text, count(*) FROM orders_sync.sync_jobs WHERE status = 'running' GROUP BY run_id",
+            "SELECT run_id::text, store_code::text FROM orders_sync.sync_jobs WHERE status = 'running'",
             None,
             &[],
         )?;
         let mut by_run = HashMap::new();
+        let mut stores = HashSet::new();
         let mut total = 0i64;
         for row in table {
-            let n = row.get::<i64>(2)?.unwrap_or(0);
-            total += n;
-            by_run.insert(row.get::<String>(1)?.unwrap_or_default(), n);
+            total += 1;
+            *by_run.entry(row.get::<String>(1)?.unwrap_or_default()).or_insert(0) += 1;
+            stores.insert(row.get::<String>(2)?.unwrap_or_default());
         }
-        Ok::<_, pgrx::spi::Error>((by_run, total))
+        Ok::<_, pgrx::spi::Error>((by_run, total, stores))
     })?;
     let cluster_cap = i64::from(gucs::max_workers());
     if running_total >= cluster_cap {
         return Ok(Vec::new());
     }
-    // Per store: its earliest queued window of each run + pipeline, only when the store has
-    // no running job at all.
+    // Per store: its earliest queued window of each run + pipeline (busy stores are passed
+    // over below).
     let candidates = Spi::connect(|client| {
         let table = client.select(
             // Set-based on purpose: a run may queue thousands of windows, and a correlated
             // "no earlier queued window of this store" check would be quadratic in them.
-            "WITH running AS MATERIALIZED (
-                 SELECT DISTINCT store_code FROM orders_sync.sync_jobs WHERE status = 'running'
-             ),
-             firsts AS (
+            "WITH firsts AS (
                  SELECT DISTINCT ON (j.run_id, j.pipeline_id, j.store_code)
                         j.id, j.run_id, j.store_code, r.started_at,
                         coalesce((r.parameters->>'max_workers')::int, 1) AS run_cap
@@ -89,7 +89,6 @@ fn pick_jobs() -> pgrx::spi::SpiResult<Vec<Dispatch>> {
              )
              SELECT f.id, f.run_id::text, f.store_code::text, f.run_cap
              FROM firsts f
-             WHERE NOT EXISTS (SELECT 1 FROM running o WHERE o.store_code = f.store_code)
              ORDER BY f.started_at, f.id",
             None,
             &[PIPELINE_NAME.into()],
@@ -106,7 +105,8 @@ fn pick_jobs() -> pgrx::spi::SpiResult<Vec<Dispatch>> {
         Ok::<_, pgrx::spi::Error>(out)
     })?;
     let mut picked = Vec::new();
-    let mut stores = HashSet::new();
+    // Stores already running a window, then those picked now: one window per store.
+    let mut stores = busy_stores;
     let mut by_run = running_by_run;
     let mut total = running_total;
     for (job_id, run_id, store_code, run_cap) in candidates {

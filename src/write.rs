@@ -139,10 +139,10 @@ fn stored_versions(
     // SAFETY: reads the database's encoding, fixed for the life of the connection.
     let encoding = unsafe { pg_sys::GetDatabaseEncoding() } as u32;
     let bytes_as_sent = encoding == pg_sys::pg_enc::PG_UTF8 || encoding == pg_sys::pg_enc::PG_SQL_ASCII;
-    let limit = 2 * ids.len() as i64 + 64;
     if !bytes_as_sent {
         return stored_versions_one_by_one(client, window, stream, ids);
     }
+    let limit = 2 * ids.len() as i64 + 64;
     let in_range = read_versions(
         client,
         "SELECT record_id, payload_md5 FROM orders_sync.records
