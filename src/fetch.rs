@@ -148,10 +148,7 @@ struct AttemptFailure {
 
 impl From<FetchError> for AttemptFailure {
     fn from(error: FetchError) -> Self {
-        AttemptFailure {
-            error,
-            retry_after: None,
-        }
+        AttemptFailure { error, retry_after: None }
     }
 }
 
@@ -178,9 +175,7 @@ impl SourceClient {
             Some(t) => {
                 // The message must not quote the token, not even the offending character.
                 let mut value = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
-                    FetchError::Settings(
-                        "token contains characters not allowed in an HTTP header".to_owned(),
-                    )
+                    FetchError::Settings("token contains characters not allowed in an HTTP header".to_owned())
                 })?;
                 value.set_sensitive(true);
                 Some(value)
@@ -195,12 +190,8 @@ impl SourceClient {
             // contract has none, so a 3xx is reported as a status error instead.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("orders_sync/", env!("CARGO_PKG_VERSION")));
-        let http = with_signals_blocked(|| builder.build()).map_err(|e| {
-            FetchError::Settings(format!(
-                "cannot create the HTTP client: {}",
-                error_chain(&e)
-            ))
-        })?;
+        let http = with_signals_blocked(|| builder.build())
+            .map_err(|e| FetchError::Settings(format!("cannot create the HTTP client: {}", error_chain(&e))))?;
         Ok(SourceClient {
             http,
             base_url,
@@ -242,14 +233,8 @@ impl SourceClient {
     /// reads and at least every 50 ms while sleeping between attempts; once it returns true
     /// the result is [`FetchError::Cancelled`]. It cannot interrupt a request that is waiting
     /// for headers: that wait is bounded by the read timeout.
-    pub fn fetch_page(
-        &self,
-        request: &PageRequest<'_>,
-        should_stop: &dyn Fn() -> bool,
-    ) -> Result<Page, FetchError> {
-        let url = self
-            .page_url(request)
-            .map_err(|e| e.scrubbed(self.token()))?;
+    pub fn fetch_page(&self, request: &PageRequest<'_>, should_stop: &dyn Fn() -> bool) -> Result<Page, FetchError> {
+        let url = self.page_url(request).map_err(|e| e.scrubbed(self.token()))?;
         let mut attempts = 0;
         loop {
             if should_stop() {
@@ -266,12 +251,7 @@ impl SourceClient {
             if !failure.error.is_retryable() || attempts >= self.max_attempts {
                 return Err(failure.error.with_attempts(attempts).scrubbed(self.token()));
             }
-            let delay = retry_delay(
-                attempts,
-                self.retry_base_delay,
-                failure.retry_after,
-                jitter_sample(),
-            );
+            let delay = retry_delay(attempts, self.retry_base_delay, failure.retry_after, jitter_sample());
             if !sleep_unless_stopped(delay, should_stop) {
                 return Err(FetchError::Cancelled { attempts });
             }
@@ -288,16 +268,11 @@ impl SourceClient {
         request: &PageRequest<'_>,
         should_stop: &dyn Fn() -> bool,
     ) -> Result<Page, AttemptFailure> {
-        let mut call = self
-            .http
-            .get(url.clone())
-            .header(ACCEPT, "application/json");
+        let mut call = self.http.get(url.clone()).header(ACCEPT, "application/json");
         if let Some(authorization) = &self.authorization {
             call = call.header(AUTHORIZATION, authorization.clone());
         }
-        let response = call
-            .send()
-            .map_err(|e| self.request_error(e, "waiting for the response"))?;
+        let response = call.send().map_err(|e| self.request_error(e, "waiting for the response"))?;
         let status = response.status();
         if status != StatusCode::OK {
             let retry_after = response
@@ -324,14 +299,7 @@ impl SourceClient {
         }
         let capacity = response.content_length().unwrap_or(0);
         let deadline = Instant::now() + self.read_timeout * BODY_DEADLINE_READ_TIMEOUTS;
-        let body = read_bounded(
-            response,
-            self.max_response_bytes,
-            capacity,
-            deadline,
-            self.read_timeout,
-            should_stop,
-        )?;
+        let body = read_bounded(response, self.max_response_bytes, capacity, deadline, self.read_timeout, should_stop)?;
         Ok(page::parse_page(&body, request)?)
     }
 
@@ -343,21 +311,11 @@ impl SourceClient {
             } else {
                 (phase, self.read_timeout)
             };
-            FetchError::Timeout {
-                phase,
-                limit_ms: millis(limit),
-                attempts: 0,
-            }
+            FetchError::Timeout { phase, limit_ms: millis(limit), attempts: 0 }
         } else if error.is_connect() {
-            FetchError::Connect {
-                detail: error_chain(&error),
-                attempts: 0,
-            }
+            FetchError::Connect { detail: error_chain(&error), attempts: 0 }
         } else {
-            FetchError::Transport {
-                detail: error_chain(&error),
-                attempts: 0,
-            }
+            FetchError::Transport { detail: error_chain(&error), attempts: 0 }
         }
     }
 }
@@ -374,9 +332,7 @@ fn parse_base_url(text: &str) -> Result<Url, FetchError> {
         return Err(invalid("must start with http:// or https://"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid(
-            "must not contain credentials; set the pipeline's token instead",
-        ));
+        return Err(invalid("must not contain credentials; set the pipeline's token instead"));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid("must not have a query or fragment"));
@@ -386,14 +342,9 @@ fn parse_base_url(text: &str) -> Result<Url, FetchError> {
 
 fn check_request(request: &PageRequest<'_>) -> Result<(), FetchError> {
     let invalid = |why: String| Err(FetchError::Request(why));
-    for (name, value) in [
-        ("store_code", request.store_code),
-        ("stream", request.stream),
-    ] {
+    for (name, value) in [("store_code", request.store_code), ("stream", request.stream)] {
         if value.is_empty() || value.len() > MAX_PATH_SEGMENT_BYTES {
-            return invalid(format!(
-                "{name} must be 1 to {MAX_PATH_SEGMENT_BYTES} bytes"
-            ));
+            return invalid(format!("{name} must be 1 to {MAX_PATH_SEGMENT_BYTES} bytes"));
         }
         // The URL library drops "." and ".." segments, which would change the path.
         if value == "." || value == ".." {
@@ -405,9 +356,7 @@ fn check_request(request: &PageRequest<'_>) -> Result<(), FetchError> {
     }
     if let Some(token) = request.page_token {
         if token.is_empty() || token.len() > MAX_PAGE_TOKEN_BYTES {
-            return invalid(format!(
-                "page_token must be 1 to {MAX_PAGE_TOKEN_BYTES} bytes"
-            ));
+            return invalid(format!("page_token must be 1 to {MAX_PAGE_TOKEN_BYTES} bytes"));
         }
     }
     Ok(())
@@ -439,11 +388,7 @@ fn read_bounded(
     read_timeout: Duration,
     should_stop: &dyn Fn() -> bool,
 ) -> Result<Vec<u8>, FetchError> {
-    let too_large = || FetchError::TooLarge {
-        limit,
-        content_length: None,
-        attempts: 0,
-    };
+    let too_large = || FetchError::TooLarge { limit, content_length: None, attempts: 0 };
     let mut buffer = Vec::with_capacity(usize::try_from(capacity.min(limit)).unwrap_or(0));
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     loop {
@@ -479,16 +424,9 @@ fn body_read_error(error: &std::io::Error, read_timeout: Duration) -> FetchError
             .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
             .is_some_and(reqwest::Error::is_timeout);
     if timed_out {
-        FetchError::Timeout {
-            phase: "reading the response body",
-            limit_ms: millis(read_timeout),
-            attempts: 0,
-        }
+        FetchError::Timeout { phase: "reading the response body", limit_ms: millis(read_timeout), attempts: 0 }
     } else {
-        FetchError::Transport {
-            detail: format!("reading the response body: {}", error_chain(error)),
-            attempts: 0,
-        }
+        FetchError::Transport { detail: format!("reading the response body: {}", error_chain(error)), attempts: 0 }
     }
 }
 
@@ -544,8 +482,7 @@ pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
         let mut previous: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::sigemptyset(&mut previous);
-        (libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous) == 0)
-            .then_some(Restore(previous))
+        (libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous) == 0).then_some(Restore(previous))
     };
     f()
 }
@@ -573,13 +510,7 @@ mod tests {
     }
 
     fn request<'a>(store_code: &'a str, stream: &'a str) -> PageRequest<'a> {
-        PageRequest {
-            store_code,
-            stream,
-            from: day("2024-01-01"),
-            to: day("2024-01-07"),
-            page_token: None,
-        }
+        PageRequest { store_code, stream, from: day("2024-01-01"), to: day("2024-01-07"), page_token: None }
     }
 
     fn client(base_url: &str) -> SourceClient {
@@ -588,9 +519,7 @@ mod tests {
 
     #[test]
     fn url_has_contract_path_and_query() {
-        let url = client("http://127.0.0.1:1")
-            .page_url(&request("S001", "orders"))
-            .expect("url");
+        let url = client("http://127.0.0.1:1").page_url(&request("S001", "orders")).expect("url");
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:1/v1/stores/S001/orders?from=2024-01-01&to=2024-01-07&page_size=100"
@@ -599,19 +528,12 @@ mod tests {
         next.page_token = Some("p1.d20240101.n5.c&x=1");
         let url = client("http://127.0.0.1:1").page_url(&next).expect("url");
         assert_eq!(url.query_pairs().count(), 4);
-        assert!(
-            url.as_str()
-                .ends_with("&page_token=p1.d20240101.n5.c%26x%3D1"),
-            "{url}"
-        );
+        assert!(url.as_str().ends_with("&page_token=p1.d20240101.n5.c%26x%3D1"), "{url}");
     }
 
     #[test]
     fn url_keeps_base_path_prefix() {
-        for base in [
-            "https://src.example/api/source",
-            "https://src.example/api/source/",
-        ] {
+        for base in ["https://src.example/api/source", "https://src.example/api/source/"] {
             let url = client(base).page_url(&request("S1", "sales")).expect("url");
             assert_eq!(url.path(), "/api/source/v1/stores/S1/sales", "{base}");
         }
@@ -620,9 +542,7 @@ mod tests {
     #[test]
     fn hostile_store_code_stays_one_path_segment() {
         let c = client("http://127.0.0.1:1/prefix");
-        for store in [
-            "../admin", "a/b", "a?x=1", "a#frag", "a\\b", "%2e%2e", "a b", "é/..", "...",
-        ] {
+        for store in ["../admin", "a/b", "a?x=1", "a#frag", "a\\b", "%2e%2e", "a b", "é/..", "..."] {
             let url = c.page_url(&request(store, "orders")).expect("url");
             let segments: Vec<&str> = url.path_segments().expect("segments").collect();
             assert_eq!(segments.len(), 5, "{store}: {url}");
@@ -644,20 +564,12 @@ mod tests {
         let c = client("http://127.0.0.1:1");
         let mut backwards = request("S1", "orders");
         backwards.from = day("2024-02-01");
-        let err = c
-            .fetch_page(&backwards, &|| false)
-            .expect_err("from after to");
-        assert_eq!(
-            err.to_string(),
-            "invalid page request: from 2024-02-01 is after to 2024-01-07"
-        );
+        let err = c.fetch_page(&backwards, &|| false).expect_err("from after to");
+        assert_eq!(err.to_string(), "invalid page request: from 2024-02-01 is after to 2024-01-07");
         let long_token = "t".repeat(MAX_PAGE_TOKEN_BYTES + 1);
         let mut with_token = request("S1", "orders");
         with_token.page_token = Some(&long_token);
-        assert!(matches!(
-            c.fetch_page(&with_token, &|| false),
-            Err(FetchError::Request(_))
-        ));
+        assert!(matches!(c.fetch_page(&with_token, &|| false), Err(FetchError::Request(_))));
     }
 
     #[test]
@@ -669,44 +581,15 @@ mod tests {
         };
         check(settings("ftp://x/"), "http:// or https://");
         check(settings("not a url"), "not a valid URL");
-        check(
-            settings("http://user:hunter2@x/"),
-            "must not contain credentials",
-        );
+        check(settings("http://user:hunter2@x/"), "must not contain credentials");
         check(settings("http://x/?key=1"), "query or fragment");
-        check(
-            SourceSettings {
-                page_size: 0,
-                ..settings("http://x/")
-            },
-            "page_size",
-        );
-        check(
-            SourceSettings {
-                max_attempts: 0,
-                ..settings("http://x/")
-            },
-            "max_attempts",
-        );
-        check(
-            SourceSettings {
-                read_timeout: Duration::ZERO,
-                ..settings("http://x/")
-            },
-            "read_timeout",
-        );
-        check(
-            SourceSettings {
-                max_response_bytes: 0,
-                ..settings("http://x/")
-            },
-            "max_response_bytes",
-        );
-        let err = SourceClient::new(SourceSettings {
-            token: Some("sec\nret-token".to_owned()),
-            ..settings("http://x/")
-        })
-        .expect_err("newline in token");
+        check(SourceSettings { page_size: 0, ..settings("http://x/") }, "page_size");
+        check(SourceSettings { max_attempts: 0, ..settings("http://x/") }, "max_attempts");
+        check(SourceSettings { read_timeout: Duration::ZERO, ..settings("http://x/") }, "read_timeout");
+        check(SourceSettings { max_response_bytes: 0, ..settings("http://x/") }, "max_response_bytes");
+        let err =
+            SourceClient::new(SourceSettings { token: Some("sec\nret-token".to_owned()), ..settings("http://x/") })
+                .expect_err("newline in token");
         assert!(!err.to_string().contains("ret-token"), "{err}");
         // The password must not leak through the settings error either.
         let err = SourceClient::new(settings("http://user:hunter2@x/")).expect_err("userinfo");
@@ -715,10 +598,7 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_the_token() {
-        let s = SourceSettings {
-            token: Some("s3cr3t-t0ken".to_owned()),
-            ..settings("http://x/")
-        };
+        let s = SourceSettings { token: Some("s3cr3t-t0ken".to_owned()), ..settings("http://x/") };
         assert!(!format!("{s:?}").contains("s3cr3t-t0ken"));
         let c = SourceClient::new(s).expect("client");
         assert!(!format!("{c:?}").contains("s3cr3t-t0ken"));
@@ -736,14 +616,7 @@ mod tests {
             &|| false,
         )
         .expect_err("endless body");
-        assert_eq!(
-            err,
-            FetchError::TooLarge {
-                limit: 100_000,
-                content_length: None,
-                attempts: 0
-            }
-        );
+        assert_eq!(err, FetchError::TooLarge { limit: 100_000, content_length: None, attempts: 0 });
         let exact = read_bounded(
             std::io::repeat(b'x').take(100_000),
             100_000,
@@ -773,35 +646,18 @@ mod tests {
         )
         .expect_err("stopped");
         assert_eq!(err, FetchError::Cancelled { attempts: 0 });
-        let err = read_bounded(
-            std::io::repeat(b'x'),
-            u64::MAX,
-            0,
-            Instant::now(),
-            Duration::from_millis(250),
-            &|| false,
-        )
-        .expect_err("past deadline");
-        assert!(
-            err.to_string()
-                .contains("timed out reading the response body after 1000 ms"),
-            "{err}"
-        );
+        let err =
+            read_bounded(std::io::repeat(b'x'), u64::MAX, 0, Instant::now(), Duration::from_millis(250), &|| false)
+                .expect_err("past deadline");
+        assert!(err.to_string().contains("timed out reading the response body after 1000 ms"), "{err}");
     }
 
     #[test]
     fn sleep_between_attempts_ends_early_on_stop() {
         let start = Instant::now();
         let stop_at = start + Duration::from_millis(120);
-        assert!(!sleep_unless_stopped(
-            Duration::from_secs(30),
-            &|| Instant::now() >= stop_at
-        ));
-        assert!(
-            start.elapsed() < Duration::from_millis(500),
-            "{:?}",
-            start.elapsed()
-        );
+        assert!(!sleep_unless_stopped(Duration::from_secs(30), &|| Instant::now() >= stop_at));
+        assert!(start.elapsed() < Duration::from_millis(500), "{:?}", start.elapsed());
         assert!(sleep_unless_stopped(Duration::from_millis(20), &|| false));
     }
 

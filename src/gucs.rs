@@ -95,10 +95,7 @@ pub fn init() {
 }
 
 fn string_setting(setting: &GucSetting<Option<CString>>, fallback: &str) -> String {
-    setting
-        .get()
-        .and_then(|value| value.into_string().ok())
-        .unwrap_or_else(|| fallback.to_owned())
+    setting.get().and_then(|value| value.into_string().ok()).unwrap_or_else(|| fallback.to_owned())
 }
 
 pub fn database() -> String {

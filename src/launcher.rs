@@ -328,7 +328,9 @@ fn claim_next(run_id: &str, pipeline_id: i64, store_code: &str) -> pgrx::spi::Sp
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn orders_sync_job_worker(argument: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM | SignalWakeFlags::SIGINT);
+    BackgroundWorker::attach_signal_handlers(
+        SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM | SignalWakeFlags::SIGINT,
+    );
     let database = pg_sys::Oid::from(argument.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     let extra = BackgroundWorker::get_extra().to_string();

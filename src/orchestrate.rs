@@ -58,7 +58,8 @@ impl ProfilerRequest {
 
     pub fn decode(text: &str) -> Option<ProfilerRequest> {
         let fields: Vec<&str> = text.split('\t').collect();
-        let [run_id, env, group, window_days, overlap_days, max_workers, force, store, as_of] = fields.as_slice() else {
+        let [run_id, env, group, window_days, overlap_days, max_workers, force, store, as_of] = fields.as_slice()
+        else {
             return None;
         };
         Some(ProfilerRequest {
@@ -266,7 +267,13 @@ fn plan_run(request: &ProfilerRequest) -> Result<Planned, pgrx::spi::Error> {
         .unwrap_or_else(|error| pgrx::error!("orders_sync planner: invalid request: {}", error.message));
     let rows = Spi::connect(|client| plan_selection(client, &params, Utc::now()))
         .unwrap_or_else(|error| pgrx::error!("orders_sync planner: {}", error.message));
-    queue::create_run(&request.run_id, PIPELINE_NAME, &request.env, Utc::now().date_naive(), &request.parameters_json())?;
+    queue::create_run(
+        &request.run_id,
+        PIPELINE_NAME,
+        &request.env,
+        Utc::now().date_naive(),
+        &request.parameters_json(),
+    )?;
     let streams_of = pipeline_streams()?;
     let mut jobs = 0;
     for row in rows.into_iter().filter(|row| row.window.will_run) {
@@ -276,7 +283,8 @@ fn plan_run(request: &ProfilerRequest) -> Result<Planned, pgrx::spi::Error> {
             from: row.window.from,
             to: row.window.to,
         };
-        let streams = streams_of.iter().find(|(id, _)| *id == row.pipeline_id).map(|(_, s)| s.clone()).unwrap_or_default();
+        let streams =
+            streams_of.iter().find(|(id, _)| *id == row.pipeline_id).map(|(_, s)| s.clone()).unwrap_or_default();
         let reason = row.window.reason.as_str();
         if queue::enqueue(&request.run_id, &window, &streams, reason)?.is_none() {
             // The window is already queued or running elsewhere (another selection's run, a
@@ -339,7 +347,13 @@ pub extern "C-unwind" fn orders_sync_planner_worker(argument: pg_sys::Datum) {
             // Keep the failure where the DBA (and the waiting caller) will look: a failed run.
             let summary = format!("planning failed: {message}");
             let recorded = in_transaction(|| {
-                queue::create_run(&request.run_id, PIPELINE_NAME, &request.env, Utc::now().date_naive(), &request.parameters_json())?;
+                queue::create_run(
+                    &request.run_id,
+                    PIPELINE_NAME,
+                    &request.env,
+                    Utc::now().date_naive(),
+                    &request.parameters_json(),
+                )?;
                 Spi::run_with_args(
                     "UPDATE orders_sync.pipeline_run_summaries
                      SET overall_status = 'failed', finished_at = now(), summary_text = $2
@@ -372,7 +386,11 @@ fn run_state(run_id: &str) -> Option<(String, bool, Option<String>)> {
             return Ok::<_, pgrx::spi::Error>(None);
         }
         let row = table.first();
-        Ok(Some((row.get::<String>(1)?.unwrap_or_default(), row.get::<bool>(2)?.unwrap_or(false), row.get::<String>(3)?)))
+        Ok(Some((
+            row.get::<String>(1)?.unwrap_or_default(),
+            row.get::<bool>(2)?.unwrap_or(false),
+            row.get::<String>(3)?,
+        )))
     })
     .unwrap_or_else(|error| SqlError::internal(error.to_string()).raise())
 }
@@ -508,7 +526,9 @@ fn run_profiler(
     crate::worker::run_dynamic_worker("run_profiler planner", "orders_sync_planner_worker", &request.encode());
 
     let run_id = match run_state(&request.run_id) {
-        Some((status, _, summary)) if status == "failed" && summary.as_deref().is_some_and(|s| s.starts_with("planning failed")) => {
+        Some((status, _, summary))
+            if status == "failed" && summary.as_deref().is_some_and(|s| s.starts_with("planning failed")) =>
+        {
             SqlError::internal(format!("run {} could not be planned: {}", request.run_id, summary.unwrap_or_default()))
                 .with_hint("See the run in orders_sync.pipeline_run_summaries and the server log.")
                 .raise()

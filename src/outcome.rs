@@ -64,11 +64,7 @@ impl PulledStamp {
 }
 
 /// The streams of `pipeline_streams` a window pulls, honouring TD's flags.
-pub fn select_streams(
-    pipeline_streams: &[String],
-    orders_only: bool,
-    sales_only: bool,
-) -> Result<Vec<String>, String> {
+pub fn select_streams(pipeline_streams: &[String], orders_only: bool, sales_only: bool) -> Result<Vec<String>, String> {
     match (orders_only, sales_only) {
         (true, true) => Err("orders_only and sales_only cannot both be true".into()),
         (true, false) => Ok(pipeline_streams.iter().take(1).cloned().collect()),
@@ -133,7 +129,8 @@ pub fn run_summary(counts: &[RunCounts]) -> RunSummary {
         counts
             .iter()
             .map(|c| {
-                let mut line = format!("{}: {} success, {} partial, {} failed", c.pipeline, c.success, c.partial, c.failed);
+                let mut line =
+                    format!("{}: {} success, {} partial, {} failed", c.pipeline, c.success, c.partial, c.failed);
                 if c.skipped > 0 {
                     line.push_str(&format!(", {} skipped", c.skipped));
                 }
@@ -229,7 +226,10 @@ mod tests {
     fn run_is_success_only_when_every_window_succeeded() {
         let summary = run_summary(&[counts("td_orders_sync", 3, 0, 0), counts("uc_orders_sync", 2, 0, 0)]);
         assert_eq!(summary.status, WindowStatus::Success);
-        assert_eq!(summary.text, "td_orders_sync: 3 success, 0 partial, 0 failed; uc_orders_sync: 2 success, 0 partial, 0 failed");
+        assert_eq!(
+            summary.text,
+            "td_orders_sync: 3 success, 0 partial, 0 failed; uc_orders_sync: 2 success, 0 partial, 0 failed"
+        );
         assert_eq!(
             summary.counts_json,
             r#"{"td_orders_sync":{"failed":0,"partial":0,"skipped":0,"success":3},"uc_orders_sync":{"failed":0,"partial":0,"skipped":0,"success":2}}"#
@@ -246,7 +246,10 @@ mod tests {
     #[test]
     fn progress_line_says_what_is_done_running_and_queued() {
         let progress = RunProgress { total: 100, done: 40, running: 3, queued: 57, failed: 0, rows_written: 123_456 };
-        assert_eq!(progress.describe("rp-1"), "run rp-1: 40/100 windows done, 3 running, 57 queued, 123456 rows written");
+        assert_eq!(
+            progress.describe("rp-1"),
+            "run rp-1: 40/100 windows done, 3 running, 57 queued, 123456 rows written"
+        );
         let failing = RunProgress { failed: 2, ..progress };
         assert!(failing.describe("rp-1").ends_with(", 2 failed"));
     }

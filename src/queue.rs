@@ -120,10 +120,7 @@ pub fn try_lock_store(store_code: &str) -> SpiResult<bool> {
 }
 
 pub fn unlock_store(store_code: &str) -> SpiResult<()> {
-    Spi::run_with_args(
-        "SELECT pg_advisory_unlock(hashtext('orders_sync.store'), hashtext($1))",
-        &[store_code.into()],
-    )
+    Spi::run_with_args("SELECT pg_advisory_unlock(hashtext('orders_sync.store'), hashtext($1))", &[store_code.into()])
 }
 
 /// Fails a job that never started (no log row): its store was busy, say.

@@ -43,9 +43,7 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
     if !trimmed.starts_with('@') {
         let fields = trimmed.split_whitespace().count();
         if fields != 5 {
-            return Err(format!(
-                "expected 5 fields (minute hour day-of-month month day-of-week), got {fields}"
-            ));
+            return Err(format!("expected 5 fields (minute hour day-of-month month day-of-week), got {fields}"));
         }
     }
     CronParser::builder()
@@ -83,8 +81,7 @@ pub fn expected_interval(expr: &str) -> Result<Duration, String> {
         firings += 1;
         previous = next;
         let span = previous - start;
-        if span >= Duration::days(MAX_SPAN_DAYS) || (span >= Duration::days(MIN_SPAN_DAYS) && firings >= MIN_FIRINGS)
-        {
+        if span >= Duration::days(MAX_SPAN_DAYS) || (span >= Duration::days(MIN_SPAN_DAYS) && firings >= MIN_FIRINGS) {
             break;
         }
     }
@@ -174,7 +171,8 @@ mod tests {
 
     #[test]
     fn invalid_expressions_are_errors() {
-        for expr in ["", "   ", "* * * *", "0 0 * * * *", "61 * * * *", "* 24 * * *", "hello", "@reboot", "0 0 30 2 *"] {
+        for expr in ["", "   ", "* * * *", "0 0 * * * *", "61 * * * *", "* 24 * * *", "hello", "@reboot", "0 0 30 2 *"]
+        {
             assert!(expected_interval(expr).is_err(), "{expr:?} must be refused");
         }
     }

@@ -127,9 +127,8 @@ fn run_locked_job(job_id: i64) -> JobEnd {
     let mut fresh_streams = Vec::new();
     let mut errors = Vec::new();
     for (position, (stream, point)) in attempt.streams.iter().zip(resume).enumerate() {
-        let stamp = PulledStamp::for_position(
-            attempt.pipeline_streams.iter().position(|s| s == stream).unwrap_or(position),
-        );
+        let stamp =
+            PulledStamp::for_position(attempt.pipeline_streams.iter().position(|s| s == stream).unwrap_or(position));
         let result = if point.complete {
             // Pulled completely by an interrupted earlier attempt: only the stamp is new.
             in_transaction(|| write::stamp_pulled(attempt.log_id, stamp)).map_err(StreamError::Write)
@@ -235,27 +234,29 @@ fn pull_stream(
     std::thread::scope(|scope| {
         let stop = &stop;
         // Spawned with every signal blocked: PostgreSQL's handlers must run on this thread only.
-        with_signals_blocked(|| scope.spawn(move || {
-            let mut page_no = first_page_no;
-            let mut token = first_token;
-            loop {
-                let request = PageRequest {
-                    store_code: &attempt.window.store_code,
-                    stream,
-                    from: attempt.window.from,
-                    to: attempt.window.to,
-                    page_token: token.as_deref(),
-                };
-                let result = client.fetch_page(&request, &|| stop.load(Ordering::Relaxed));
-                let next = result.as_ref().ok().and_then(|page| page.next_page_token.clone());
-                let done = next.is_none();
-                if pages.send((page_no, result)).is_err() || done {
-                    return;
+        with_signals_blocked(|| {
+            scope.spawn(move || {
+                let mut page_no = first_page_no;
+                let mut token = first_token;
+                loop {
+                    let request = PageRequest {
+                        store_code: &attempt.window.store_code,
+                        stream,
+                        from: attempt.window.from,
+                        to: attempt.window.to,
+                        page_token: token.as_deref(),
+                    };
+                    let result = client.fetch_page(&request, &|| stop.load(Ordering::Relaxed));
+                    let next = result.as_ref().ok().and_then(|page| page.next_page_token.clone());
+                    let done = next.is_none();
+                    if pages.send((page_no, result)).is_err() || done {
+                        return;
+                    }
+                    token = next;
+                    page_no += 1;
                 }
-                token = next;
-                page_no += 1;
-            }
-        }));
+            })
+        });
         let outcome = write_pages(attempt, stream, stamp, first_page_no, &received, &stop);
         // Whatever happened, let the fetcher finish: it stops at its next check or send.
         stop.store(true, Ordering::Relaxed);
@@ -413,7 +414,9 @@ impl ManualWindow {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn orders_sync_window_worker(argument: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM | SignalWakeFlags::SIGINT);
+    BackgroundWorker::attach_signal_handlers(
+        SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM | SignalWakeFlags::SIGINT,
+    );
     let database = pg_sys::Oid::from(argument.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     let Some(request) = ManualWindow::decode(BackgroundWorker::get_extra()) else {
@@ -587,8 +590,14 @@ fn manual_window_request(
     sales_only: bool,
     run_env: &str,
 ) -> Result<ManualWindow, SqlError> {
-    if run_env.is_empty() || run_env.len() > 32 || !run_env.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
-        return Err(SqlError::invalid_argument("run_env", format!("\"{run_env}\" is not 1-32 characters of [A-Za-z0-9_.-]")));
+    if run_env.is_empty()
+        || run_env.len() > 32
+        || !run_env.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        return Err(SqlError::invalid_argument(
+            "run_env",
+            format!("\"{run_env}\" is not 1-32 characters of [A-Za-z0-9_.-]"),
+        ));
     }
     let found = Spi::connect(|client| {
         let table = client.select(
@@ -618,21 +627,28 @@ fn manual_window_request(
     };
     match store_group {
         None => {
-            return Err(SqlError::invalid_argument("store_code", format!("no store \"{store_code}\" in orders_sync.store_master"))
-                .with_hint("Register the store in orders_sync.store_master first."))
+            return Err(SqlError::invalid_argument(
+                "store_code",
+                format!("no store \"{store_code}\" in orders_sync.store_master"),
+            )
+            .with_hint("Register the store in orders_sync.store_master first."))
         }
         Some(group) if group != pipeline_group => {
             return Err(SqlError::invalid_argument(
                 "store_code",
-                format!("store \"{store_code}\" belongs to sync group {group}, pipeline {pipeline} to {pipeline_group}"),
+                format!(
+                    "store \"{store_code}\" belongs to sync group {group}, pipeline {pipeline} to {pipeline_group}"
+                ),
             ))
         }
         Some(_) => {}
     }
-    select_streams(&streams, orders_only, sales_only)
-        .map_err(|problem| SqlError::invalid_argument(if orders_only { "orders_only" } else { "sales_only" }, problem))?;
-    let zone = clock::parse_timezone(&timezone)
-        .ok_or_else(|| SqlError::invalid_argument("pipeline", format!("pipeline {pipeline} has unknown time zone {timezone}")))?;
+    select_streams(&streams, orders_only, sales_only).map_err(|problem| {
+        SqlError::invalid_argument(if orders_only { "orders_only" } else { "sales_only" }, problem)
+    })?;
+    let zone = clock::parse_timezone(&timezone).ok_or_else(|| {
+        SqlError::invalid_argument("pipeline", format!("pipeline {pipeline} has unknown time zone {timezone}"))
+    })?;
     let today = clock::today_in(zone, Utc::now());
     let to = match to_date {
         Some(date) => pg_date(date).ok_or_else(|| SqlError::invalid_argument("to_date", "must be a finite date"))?,

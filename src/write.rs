@@ -175,12 +175,7 @@ fn stored_versions_one_by_one(
         client,
         "SELECT record_id, payload_md5 FROM orders_sync.records
          WHERE pipeline_id = $1 AND store_code = $2 AND stream = $3 AND record_id = ANY($4)",
-        &[
-            window.pipeline_id.into(),
-            window.store_code.as_str().into(),
-            stream.into(),
-            ids.to_vec().into(),
-        ],
+        &[window.pipeline_id.into(), window.store_code.as_str().into(), stream.into(), ids.to_vec().into()],
     )?;
     versions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(versions)
@@ -477,10 +472,7 @@ mod tests {
             ("e".to_owned(), None),
             ("f".to_owned(), None),
         ];
-        assert_eq!(
-            classify(&records, &stored),
-            [Stored::Absent, Stored::Unchanged, Stored::Changed, Stored::Changed]
-        );
+        assert_eq!(classify(&records, &stored), [Stored::Absent, Stored::Unchanged, Stored::Changed, Stored::Changed]);
         assert_eq!(classify(&records, &[]), [Stored::Absent; 4]);
         assert!(classify(&[], &stored).is_empty());
     }

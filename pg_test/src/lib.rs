@@ -40,10 +40,7 @@ pub fn scalar<T>(client: &mut Client, query: &str) -> T
 where
     T: for<'a> postgres::types::FromSql<'a>,
 {
-    client
-        .query_one(query, &[])
-        .unwrap_or_else(|error| panic!("{query}: {}", describe(&error)))
-        .get(0)
+    client.query_one(query, &[]).unwrap_or_else(|error| panic!("{query}: {}", describe(&error))).get(0)
 }
 
 /// An error as a DBA would read it in psql: message, detail, hint.
@@ -64,10 +61,7 @@ pub fn describe(error: &postgres::Error) -> String {
 pub fn error_of(client: &mut Client, statement: &str) -> String {
     match client.batch_execute(statement) {
         Ok(()) => panic!("expected an error from: {statement}"),
-        Err(error) => error
-            .as_db_error()
-            .map(|db| db.message().to_string())
-            .unwrap_or_else(|| error.to_string()),
+        Err(error) => error.as_db_error().map(|db| db.message().to_string()).unwrap_or_else(|| error.to_string()),
     }
 }
 
@@ -83,8 +77,9 @@ impl Simulator {
     /// Starts `$ORDERS_SYNC_SIMULATOR` (built by scripts/test.sh) with extra arguments.
     pub fn start(args: &[&str]) -> Simulator {
         use std::io::BufRead;
-        let binary = std::env::var("ORDERS_SYNC_SIMULATOR")
-            .unwrap_or_else(|_| panic!("ORDERS_SYNC_SIMULATOR is not set: run the integration tests through scripts/test.sh"));
+        let binary = std::env::var("ORDERS_SYNC_SIMULATOR").unwrap_or_else(|_| {
+            panic!("ORDERS_SYNC_SIMULATOR is not set: run the integration tests through scripts/test.sh")
+        });
         let mut child = std::process::Command::new(&binary)
             .args(["--listen", "127.0.0.1:0"])
             .args(args)

@@ -59,7 +59,8 @@ fn drop_and_recreate_restores_builtin_pipelines_and_keeps_roles_usable() {
     assert_eq!(pipelines, ["td_orders_sync", "uc_orders_sync"]);
     let stores: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.store_master");
     assert_eq!(stores, 0, "a recreated extension starts empty");
-    let admin_in_monitor: bool = scalar(&mut db, "SELECT pg_has_role('orders_sync_admin', 'orders_sync_monitor', 'MEMBER')");
+    let admin_in_monitor: bool =
+        scalar(&mut db, "SELECT pg_has_role('orders_sync_admin', 'orders_sync_monitor', 'MEMBER')");
     assert!(admin_in_monitor);
 }
 
@@ -78,8 +79,9 @@ fn a_login_role_with_monitor_rights_reads_views_but_not_credentials() {
     .unwrap();
 
     let dashboard_dsn = format!("{} user=it_dashboard", orders_sync_pg_test::dsn());
-    let mut dashboard = orders_sync_pg_test::postgres::Client::connect(&dashboard_dsn, orders_sync_pg_test::postgres::NoTls)
-        .expect("connect as it_dashboard");
+    let mut dashboard =
+        orders_sync_pg_test::postgres::Client::connect(&dashboard_dsn, orders_sync_pg_test::postgres::NoTls)
+            .expect("connect as it_dashboard");
     let rows: i64 = scalar(&mut dashboard, "SELECT count(*) FROM orders_sync.uc_gst");
     assert!(rows >= 0);
     let message = error_of(&mut dashboard, "SELECT api_token FROM orders_sync.pipeline_credentials");
@@ -100,10 +102,8 @@ fn pg_dump_keeps_user_rows_of_extension_tables() {
     let _guard = exclusive();
     let mut db = connect();
     ensure_extension(&mut db);
-    let dumped: i64 = scalar(
-        &mut db,
-        "SELECT cardinality(extconfig)::bigint FROM pg_extension WHERE extname = 'orders_sync'",
-    );
+    let dumped: i64 =
+        scalar(&mut db, "SELECT cardinality(extconfig)::bigint FROM pg_extension WHERE extname = 'orders_sync'");
     // pipelines, its sequence, credentials, stores, runs, log, its sequence, records, kpi facts,
     // jobs, their sequence, window pages, the schedule registry
     assert_eq!(dumped, 13);
@@ -177,7 +177,10 @@ fn upgrading_from_0_1_0_matches_a_fresh_install_and_keeps_the_data() {
         &mut db,
         "SELECT count(*) FROM pg_available_extension_versions WHERE name = 'orders_sync' AND version = '0.1.0'",
     );
-    assert_eq!(shipped, 1, "the 0.1.0 install script must be installed: scripts/test.sh copies pg_test/fixtures/orders_sync--0.1.0.sql");
+    assert_eq!(
+        shipped, 1,
+        "the 0.1.0 install script must be installed: scripts/test.sh copies pg_test/fixtures/orders_sync--0.1.0.sql"
+    );
 
     db.batch_execute(
         "DROP EXTENSION IF EXISTS orders_sync CASCADE;

@@ -6,11 +6,8 @@ use orders_sync_pg_test::{connect, ensure_extension, error_of, scalar, Simulator
 fn setup(sim: &Simulator, store: &str) -> Client {
     let mut db = connect();
     ensure_extension(&mut db);
-    db.execute(
-        "UPDATE orders_sync.pipelines SET base_url = $1, page_size = 50, max_attempts = 2",
-        &[&sim.base_url],
-    )
-    .unwrap();
+    db.execute("UPDATE orders_sync.pipelines SET base_url = $1, page_size = 50, max_attempts = 2", &[&sim.base_url])
+        .unwrap();
     db.execute(
         "INSERT INTO orders_sync.store_master (store_code, cost_center, sync_group, start_date)
          VALUES ($1, 'CC01', 'UC', '2026-01-01') ON CONFLICT (store_code) DO NOTHING",
@@ -71,7 +68,8 @@ fn freshness_progress_and_history_follow_a_synced_window() {
 
     // A failing latest attempt turns the store to `failing`, whatever succeeded before.
     sim.control("/_control/faults", serde_json::json!({"store": "OBSV1", "kind": "status", "status": 500}));
-    let status: String = scalar(&mut db, "SELECT orders_sync.sync_window('uc_orders_sync', 'OBSV1', '2026-01-01', '2026-01-02')");
+    let status: String =
+        scalar(&mut db, "SELECT orders_sync.sync_window('uc_orders_sync', 'OBSV1', '2026-01-01', '2026-01-02')");
     assert_eq!(status, "failed");
     let state: String = scalar(
         &mut db,
@@ -93,17 +91,17 @@ fn stuck_candidates_tell_a_dead_worker_from_a_live_lock() {
          FROM orders_sync.pipelines WHERE code = 'td_orders_sync'",
     )
     .unwrap();
-    let held: bool = scalar(&mut db, "SELECT store_lock_held FROM orders_sync.stuck_candidates WHERE run_id = 'obsv-stuck'");
+    let held: bool =
+        scalar(&mut db, "SELECT store_lock_held FROM orders_sync.stuck_candidates WHERE run_id = 'obsv-stuck'");
     assert!(!held, "nobody holds the lock: the row's worker is gone");
 
     // Another session takes the store's lock the way a worker does.
     let mut worker = connect();
-    let locked: bool = scalar(
-        &mut worker,
-        "SELECT pg_try_advisory_lock(hashtext('orders_sync.store'), hashtext('OBSV2'))",
-    );
+    let locked: bool =
+        scalar(&mut worker, "SELECT pg_try_advisory_lock(hashtext('orders_sync.store'), hashtext('OBSV2'))");
     assert!(locked);
-    let held: bool = scalar(&mut db, "SELECT store_lock_held FROM orders_sync.stuck_candidates WHERE run_id = 'obsv-stuck'");
+    let held: bool =
+        scalar(&mut db, "SELECT store_lock_held FROM orders_sync.stuck_candidates WHERE run_id = 'obsv-stuck'");
     assert!(held, "the view must see the live worker's lock");
     drop(worker);
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -226,10 +224,7 @@ fn reset_frees_runs_whose_worker_died() {
     assert!(kinds.contains(&"run".to_string()), "{kinds:?}");
 
     let stuck = Some("Auto-reset: stuck in running state".to_string());
-    assert_eq!(
-        window_state(&mut db, "reset-dead"),
-        ("failed".into(), stuck, "failed".into(), "failed".into(), true)
-    );
+    assert_eq!(window_state(&mut db, "reset-dead"), ("failed".into(), stuck, "failed".into(), "failed".into(), true));
     let again: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.reset_stuck_runs() WHERE run_id = 'reset-dead'");
     assert_eq!(again, 0, "a second reset finds nothing left");
 }
@@ -241,11 +236,13 @@ fn reset_leaves_a_window_alone_while_its_worker_lives() {
     // A session that holds the store lock the way a worker does, and is the job's worker.
     let mut worker = connect();
     let worker_pid: i32 = scalar(&mut worker, "SELECT pg_backend_pid()");
-    let locked: bool = scalar(&mut worker, "SELECT pg_try_advisory_lock(hashtext('orders_sync.store'), hashtext('RSTLIVE'))");
+    let locked: bool =
+        scalar(&mut worker, "SELECT pg_try_advisory_lock(hashtext('orders_sync.store'), hashtext('RSTLIVE'))");
     assert!(locked);
     dead_worker_window(&mut db, "reset-live", "RSTLIVE", worker_pid);
 
-    let touched: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.reset_stuck_runs('0') WHERE run_id = 'reset-live'");
+    let touched: i64 =
+        scalar(&mut db, "SELECT count(*) FROM orders_sync.reset_stuck_runs('0') WHERE run_id = 'reset-live'");
     assert_eq!(touched, 0, "a live worker is never reset, however old its heartbeat");
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let (status, _, job_status, run_status, _) = window_state(&mut db, "reset-live");
@@ -274,7 +271,8 @@ fn a_terminated_worker_resumes_from_its_cursor_without_loss_or_duplicates() {
     sim.control("/_control/faults", serde_json::json!({"store": "RESUME", "kind": "slow", "delay_ms": 300}));
     let dsn = orders_sync_pg_test::dsn();
     let caller = std::thread::spawn(move || {
-        let mut client = orders_sync_pg_test::postgres::Client::connect(&dsn, orders_sync_pg_test::postgres::NoTls).unwrap();
+        let mut client =
+            orders_sync_pg_test::postgres::Client::connect(&dsn, orders_sync_pg_test::postgres::NoTls).unwrap();
         client
             .query_one("SELECT orders_sync.sync_window('uc_orders_sync', 'RESUME', '2026-01-01', '2026-01-10')", &[])
             .map(|row| row.get::<_, String>(0))
@@ -307,7 +305,8 @@ fn a_terminated_worker_resumes_from_its_cursor_without_loss_or_duplicates() {
     // The next attempt asks the source only for the pages not yet committed.
     sim.clear_faults();
     let before = sim.get("/_control/requests")["total"].as_i64().unwrap();
-    let second: String = scalar(&mut db, "SELECT orders_sync.sync_window('uc_orders_sync', 'RESUME', '2026-01-01', '2026-01-10')");
+    let second: String =
+        scalar(&mut db, "SELECT orders_sync.sync_window('uc_orders_sync', 'RESUME', '2026-01-01', '2026-01-10')");
     assert_eq!(second, "success");
     let requested = sim.get("/_control/requests")["total"].as_i64().unwrap() - before;
     assert_eq!(requested, 10 - kept, "resumed after page {kept}");

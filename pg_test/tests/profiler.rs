@@ -77,20 +77,21 @@ fn wait_for_run(db: &mut Client, run_id: &str, timeout: Duration) -> Observed {
         if finished == Some(true) {
             return observed;
         }
-        assert!(Instant::now() < deadline, "run {run_id} did not end within {timeout:?}: {:?}", jobs_by_status(db, run_id));
+        assert!(
+            Instant::now() < deadline,
+            "run {run_id} did not end within {timeout:?}: {:?}",
+            jobs_by_status(db, run_id)
+        );
         std::thread::sleep(Duration::from_millis(15));
     }
 }
 
 fn jobs_by_status(db: &mut Client, run_id: &str) -> Vec<(String, i64)> {
-    db.query(
-        "SELECT status, count(*) FROM orders_sync.sync_jobs WHERE run_id = $1 GROUP BY 1 ORDER BY 1",
-        &[&run_id],
-    )
-    .unwrap()
-    .iter()
-    .map(|row| (row.get(0), row.get(1)))
-    .collect()
+    db.query("SELECT status, count(*) FROM orders_sync.sync_jobs WHERE run_id = $1 GROUP BY 1 ORDER BY 1", &[&run_id])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
 }
 
 fn run_row(db: &mut Client, run_id: &str) -> (String, String, serde_json::Value) {
@@ -192,7 +193,11 @@ fn fresh_run_backfills_every_store_within_caps_and_second_run_only_refreshes() {
     // The run and its jobs are committed before run_profiler returns.
     let (status, _, _) = run_row(&mut db, &run_id);
     assert!(status == "running" || status == "success", "{status}");
-    assert_eq!(windows_of_run(&mut db, &run_id), plan, "run_profiler enqueues exactly plan_sync_windows' will_run rows");
+    assert_eq!(
+        windows_of_run(&mut db, &run_id),
+        plan,
+        "run_profiler enqueues exactly plan_sync_windows' will_run rows"
+    );
     let parameters: String = scalar(
         &mut db,
         &format!("SELECT parameters->>'max_workers' || '/' || run_env || '/' || pipeline_name FROM orders_sync.pipeline_run_summaries WHERE run_id = '{run_id}'"),
@@ -210,7 +215,10 @@ fn fresh_run_backfills_every_store_within_caps_and_second_run_only_refreshes() {
 
     let (status, summary, counts) = run_row(&mut db, &run_id);
     assert_eq!(status, "success", "{summary}");
-    assert_eq!(summary, "td_orders_sync: 50 success, 0 partial, 0 failed; uc_orders_sync: 50 success, 0 partial, 0 failed");
+    assert_eq!(
+        summary,
+        "td_orders_sync: 50 success, 0 partial, 0 failed; uc_orders_sync: 50 success, 0 partial, 0 failed"
+    );
     assert_eq!(counts["td_orders_sync"]["success"], 50);
     for (store, group) in &all {
         if *group == "TD" {
@@ -244,7 +252,10 @@ fn failing_store_stops_at_its_first_failed_window_while_others_finish() {
 
     let (status, summary, counts) = run_row(&mut db, &run_id);
     assert_eq!(status, "failed");
-    assert_eq!(summary, "td_orders_sync: 10 success, 0 partial, 1 failed, 4 skipped; uc_orders_sync: 5 success, 0 partial, 0 failed");
+    assert_eq!(
+        summary,
+        "td_orders_sync: 10 success, 0 partial, 1 failed, 4 skipped; uc_orders_sync: 5 success, 0 partial, 0 failed"
+    );
     assert_eq!(counts["td_orders_sync"]["skipped"], 4);
     let failing: Vec<(String, String, Option<String>)> = db
         .query(
@@ -261,7 +272,10 @@ fn failing_store_stops_at_its_first_failed_window_while_others_finish() {
     let why = failing[1].2.clone().unwrap_or_default();
     assert!(why.contains("2025-01-01..2025-03-31") && why.contains("failed"), "{why}");
     // Skipped windows were never attempted: no log rows for them.
-    let attempts: i64 = scalar(&mut db, &format!("SELECT count(*) FROM orders_sync.orders_sync_log WHERE run_id = '{run_id}' AND store_code = 'PFT01'"));
+    let attempts: i64 = scalar(
+        &mut db,
+        &format!("SELECT count(*) FROM orders_sync.orders_sync_log WHERE run_id = '{run_id}' AND store_code = 'PFT01'"),
+    );
     assert_eq!(attempts, 1);
     for store in ["PFT00", "PFT02"] {
         assert!(matches_truth(&mut db, &sim, "td_orders", store, "orders"));
@@ -280,7 +294,10 @@ fn partial_windows_make_a_partial_run_with_counts() {
 
     let (status, summary, counts) = run_row(&mut db, &run_id);
     assert_eq!(status, "partial", "{summary}");
-    assert_eq!(summary, "td_orders_sync: 5 success, 1 partial, 0 failed, 4 skipped; uc_orders_sync: 5 success, 0 partial, 0 failed");
+    assert_eq!(
+        summary,
+        "td_orders_sync: 5 success, 1 partial, 0 failed, 4 skipped; uc_orders_sync: 5 success, 0 partial, 0 failed"
+    );
     assert_eq!(counts["td_orders_sync"]["partial"], 1);
 }
 
@@ -331,7 +348,10 @@ fn profiler_skips_while_previous_run_active_and_resets_runs_whose_workers_died()
                 config.notice_callback(move |notice| sink.lock().unwrap().push(notice.message().to_string()));
                 let mut client = config.connect(orders_sync_pg_test::postgres::NoTls).unwrap();
                 let run_id: String = client
-                    .query_one(&format!("SELECT orders_sync.run_profiler('itpile', as_of => '{AS_OF}', max_workers => 2)"), &[])
+                    .query_one(
+                        &format!("SELECT orders_sync.run_profiler('itpile', as_of => '{AS_OF}', max_workers => 2)"),
+                        &[],
+                    )
                     .map_err(|e| describe(&e))
                     .unwrap()
                     .get(0);
@@ -370,7 +390,8 @@ fn profiler_skips_while_previous_run_active_and_resets_runs_whose_workers_died()
     assert_ne!(fresh, "rp-stuck-itpile");
     let (status, _, _) = run_row(&mut db, "rp-stuck-itpile");
     assert_eq!(status, "failed");
-    let error: String = scalar(&mut db, "SELECT error_message FROM orders_sync.sync_jobs WHERE run_id = 'rp-stuck-itpile'");
+    let error: String =
+        scalar(&mut db, "SELECT error_message FROM orders_sync.sync_jobs WHERE run_id = 'rp-stuck-itpile'");
     assert_eq!(error, "Auto-reset: stuck in running state");
     wait_for_run(&mut db, &fresh, Duration::from_secs(120));
 }
@@ -424,7 +445,11 @@ fn shell_wrapper_maps_flags_onto_run_profiler() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/orders_sync_run_profiler.sh");
     let run = |args: &[&str]| {
         let output = std::process::Command::new("bash").arg(script).args(args).output().unwrap();
-        (output.status.code(), String::from_utf8_lossy(&output.stdout).to_string(), String::from_utf8_lossy(&output.stderr).to_string())
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
     };
 
     let (code, out, _) = run(&["--help"]);
@@ -438,8 +463,21 @@ fn shell_wrapper_maps_flags_onto_run_profiler() {
     assert!(err.contains("--env"), "{err}");
 
     let (code, out, err) = run(&[
-        "--dsn", &dsn(), "--env", "itwrap", "--sync-group", "ALL", "--window-days", "120", "--overlap-days", "2",
-        "--max-workers", "2", "--as-of", AS_OF, "--wait",
+        "--dsn",
+        &dsn(),
+        "--env",
+        "itwrap",
+        "--sync-group",
+        "ALL",
+        "--window-days",
+        "120",
+        "--overlap-days",
+        "2",
+        "--max-workers",
+        "2",
+        "--as-of",
+        AS_OF,
+        "--wait",
     ]);
     assert_eq!(code, Some(0), "{out}{err}");
     let run_id = out.lines().find_map(|l| l.strip_prefix("run_id: ")).unwrap_or_else(|| panic!("{out}")).to_string();
@@ -498,7 +536,8 @@ fn terminated_job_worker_fails_its_window_within_seconds_and_stops_only_its_stor
         assert!(stopped_at.elapsed() < Duration::from_secs(5), "the worker did not stop within 5 s");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let error: String = scalar(&mut db, &format!("SELECT error_message FROM orders_sync.sync_jobs WHERE id = {job_id}"));
+    let error: String =
+        scalar(&mut db, &format!("SELECT error_message FROM orders_sync.sync_jobs WHERE id = {job_id}"));
     assert!(error.contains("terminated"), "{error}");
     clear_faults(&sim);
     wait_for_run(&mut db, &run_id, Duration::from_secs(60));

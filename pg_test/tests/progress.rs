@@ -38,8 +38,5 @@ fn waiting_run_profiler_reports_progress_every_few_seconds() {
     let progress: Vec<&String> = notices.iter().filter(|n| n.contains("windows done")).collect();
     assert!(!progress.is_empty(), "no progress NOTICE in {notices:?}");
     assert!(progress[0].starts_with(&format!("run {run_id}: ")), "{}", progress[0]);
-    assert!(
-        notices.last().unwrap().starts_with(&format!("run {run_id} ended success")),
-        "{notices:?}"
-    );
+    assert!(notices.last().unwrap().starts_with(&format!("run {run_id} ended success")), "{notices:?}");
 }

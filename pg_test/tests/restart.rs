@@ -30,8 +30,9 @@ fn setup(sim: &Simulator) -> Client {
 
 /// `pg_ctl restart -m immediate`: every backend and worker dies at once, as in a crash.
 fn crash_restart() {
-    let dir = std::env::var("ORDERS_SYNC_TEST_DIR")
-        .unwrap_or_else(|_| panic!("ORDERS_SYNC_TEST_DIR is not set: run the integration tests through scripts/test.sh"));
+    let dir = std::env::var("ORDERS_SYNC_TEST_DIR").unwrap_or_else(|_| {
+        panic!("ORDERS_SYNC_TEST_DIR is not set: run the integration tests through scripts/test.sh")
+    });
     let status = std::process::Command::new("sudo")
         .args(["-u", "postgres", "/usr/lib/postgresql/15/bin/pg_ctl", "-D"])
         .arg(format!("{dir}/data"))
@@ -46,7 +47,10 @@ fn crash_restart() {
 fn connect_when_up() -> Client {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match orders_sync_pg_test::postgres::Client::connect(&orders_sync_pg_test::dsn(), orders_sync_pg_test::postgres::NoTls) {
+        match orders_sync_pg_test::postgres::Client::connect(
+            &orders_sync_pg_test::dsn(),
+            orders_sync_pg_test::postgres::NoTls,
+        ) {
             Ok(client) => return client,
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
             Err(error) => panic!("server did not come back: {error}"),

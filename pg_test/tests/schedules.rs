@@ -17,19 +17,15 @@ fn setup() -> Client {
 }
 
 fn schedule(db: &mut Client, name: &str, cron: &str) -> i64 {
-    db.query_one(
-        "SELECT orders_sync.schedule_profiler(schedule => $1, env => 'it', job_name => $2)",
-        &[&cron, &name],
-    )
-    .unwrap()
-    .get(0)
+    db.query_one("SELECT orders_sync.schedule_profiler(schedule => $1, env => 'it', job_name => $2)", &[&cron, &name])
+        .unwrap()
+        .get(0)
 }
 
 /// (state, detail) of one registered job.
 fn health(db: &mut Client, name: &str) -> (String, String) {
-    let row = db
-        .query_one("SELECT state, detail FROM orders_sync.scheduler_health WHERE job_name = $1", &[&name])
-        .unwrap();
+    let row =
+        db.query_one("SELECT state, detail FROM orders_sync.scheduler_health WHERE job_name = $1", &[&name]).unwrap();
     (row.get(0), row.get(1))
 }
 
@@ -72,7 +68,10 @@ fn schedule_profiler_creates_a_cron_job_with_a_quoted_command_and_registers_it()
     );
     let (kind, registered): (String, String) = {
         let row = db
-            .query_one("SELECT kind, command FROM orders_sync.schedules WHERE job_name = 'orders_sync_profiler_staging-2_td'", &[])
+            .query_one(
+                "SELECT kind, command FROM orders_sync.schedules WHERE job_name = 'orders_sync_profiler_staging-2_td'",
+                &[],
+            )
             .unwrap();
         (row.get(0), row.get(1))
     };
@@ -97,7 +96,8 @@ fn hostile_or_invalid_arguments_are_refused_by_name_and_schedule_nothing() {
     let mut db = setup();
     let jobs_before: i64 = scalar(&mut db, "SELECT count(*) FROM cron.job");
 
-    let message = error_of(&mut db, "SELECT orders_sync.schedule_profiler(env => $$x'); DROP TABLE orders_sync.records; --$$)");
+    let message =
+        error_of(&mut db, "SELECT orders_sync.schedule_profiler(env => $$x'); DROP TABLE orders_sync.records; --$$)");
     assert!(message.starts_with("invalid argument env:"), "{message}");
     let message = error_of(&mut db, "SELECT orders_sync.schedule_profiler(job_name => $$a'b$$)");
     assert!(message.starts_with("invalid argument job_name:"), "{message}");
@@ -226,10 +226,8 @@ fn job_without_success_for_two_intervals_is_stale() {
     let (state, detail) = health(&mut db, "it_daily");
     assert_eq!(state, "stale");
     assert!(detail.contains("last successful run at"), "{detail}");
-    let expected: String = scalar(
-        &mut db,
-        "SELECT expected_interval::text FROM orders_sync.scheduler_health WHERE job_name = 'it_daily'",
-    );
+    let expected: String =
+        scalar(&mut db, "SELECT expected_interval::text FROM orders_sync.scheduler_health WHERE job_name = 'it_daily'");
     assert_eq!(expected, "1 day");
 
     // A success a day ago is within twice the interval.
@@ -291,8 +289,10 @@ fn monitor_reads_health_but_cannot_schedule_or_see_other_commands() {
     let mut db = setup();
     let job_id = schedule(&mut db, "it_watched", YEARLY);
     db.execute("SELECT cron.alter_job($1, active => false)", &[&job_id]).unwrap();
-    db.batch_execute("DROP ROLE IF EXISTS it_sched_dashboard; CREATE ROLE it_sched_dashboard LOGIN IN ROLE orders_sync_monitor")
-        .unwrap();
+    db.batch_execute(
+        "DROP ROLE IF EXISTS it_sched_dashboard; CREATE ROLE it_sched_dashboard LOGIN IN ROLE orders_sync_monitor",
+    )
+    .unwrap();
 
     let dsn = format!("{} user=it_sched_dashboard", orders_sync_pg_test::dsn());
     let mut monitor = Client::connect(&dsn, orders_sync_pg_test::postgres::NoTls).expect("connect as monitor");
@@ -364,21 +364,24 @@ fn repair_recreates_a_job_as_the_role_that_registered_it_never_as_the_caller() {
     admin
         .execute("UPDATE orders_sync.schedules SET registered_by = 'postgres' WHERE job_name = 'it_owned'", &[])
         .unwrap();
-    assert_eq!(registrant(&mut db, "it_owned").as_deref(), Some("it_scheduler"), "only a superuser may name another role");
+    assert_eq!(
+        registrant(&mut db, "it_owned").as_deref(),
+        Some("it_scheduler"),
+        "only a superuser may name another role"
+    );
     admin
-        .execute("INSERT INTO orders_sync.schedules (job_name, schedule, command, kind, registered_by)
-                  VALUES ('it_forged', '0 0 1 1 *', 'SELECT 1', 'maintenance', 'postgres')", &[])
+        .execute(
+            "INSERT INTO orders_sync.schedules (job_name, schedule, command, kind, registered_by)
+                  VALUES ('it_forged', '0 0 1 1 *', 'SELECT 1', 'maintenance', 'postgres')",
+            &[],
+        )
         .unwrap();
     assert_eq!(registrant(&mut db, "it_forged").as_deref(), Some("it_scheduler"));
-    admin
-        .execute("UPDATE orders_sync.schedules SET command = 'SELECT 42' WHERE job_name = 'it_owned'", &[])
-        .unwrap();
+    admin.execute("UPDATE orders_sync.schedules SET command = 'SELECT 42' WHERE job_name = 'it_owned'", &[]).unwrap();
     // A superuser changing only the schedule does not take over the admin's command; a
     // superuser naming a role (as a restore from pg_dump does) is kept.
-    db.execute("UPDATE orders_sync.schedules SET schedule = '0 0 2 1 *' WHERE job_name = 'it_owned'", &[])
-        .unwrap();
-    db.execute("UPDATE orders_sync.schedules SET schedule = $1 WHERE job_name = 'it_owned'", &[&YEARLY])
-        .unwrap();
+    db.execute("UPDATE orders_sync.schedules SET schedule = '0 0 2 1 *' WHERE job_name = 'it_owned'", &[]).unwrap();
+    db.execute("UPDATE orders_sync.schedules SET schedule = $1 WHERE job_name = 'it_owned'", &[&YEARLY]).unwrap();
     assert_eq!(registrant(&mut db, "it_owned").as_deref(), Some("it_scheduler"));
     db.execute("DELETE FROM orders_sync.schedules WHERE job_name = 'it_forged'", &[]).unwrap();
     db.execute(

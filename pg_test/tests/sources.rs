@@ -33,9 +33,7 @@ fn setup(sim: &Simulator, stores: &[(&str, &str)]) -> Client {
 }
 
 fn sync(db: &mut Client, pipeline: &str, store: &str, flags: &str) -> String {
-    let query = format!(
-        "SELECT orders_sync.sync_window('{pipeline}', '{store}', '{FROM}', '{TO}'{flags})"
-    );
+    let query = format!("SELECT orders_sync.sync_window('{pipeline}', '{store}', '{FROM}', '{TO}'{flags})");
     scalar(db, &query)
 }
 
@@ -51,9 +49,7 @@ fn matches_truth(db: &mut Client, sim: &Simulator, view: &str, store: &str, stre
 }
 
 fn count_rows(db: &mut Client, view: &str, store: &str) -> i64 {
-    db.query_one(&format!("SELECT count(*) FROM orders_sync.{view} WHERE store_code = $1"), &[&store])
-        .unwrap()
-        .get(0)
+    db.query_one(&format!("SELECT count(*) FROM orders_sync.{view} WHERE store_code = $1"), &[&store]).unwrap().get(0)
 }
 
 /// The newest log row of a store's window: status, attempt, stamps set, error.
@@ -195,9 +191,18 @@ fn late_rows_appear_and_deleted_rows_disappear_after_a_rerun() {
     let mut db = setup(&sim, &[("TDLATE", "TD")]);
     assert_eq!(sync(&mut db, "td_orders_sync", "TDLATE", ""), "success");
 
-    sim.control("/_control/late_rows", json!({"store": "TDLATE", "stream": "orders", "date": "2026-01-06", "count": 3}));
-    sim.control("/_control/delete_rows", json!({"store": "TDLATE", "stream": "orders", "date": "2026-01-02", "count": 5}));
-    sim.control("/_control/change_rows", json!({"store": "TDLATE", "stream": "sales", "date": "2026-01-03", "count": 2}));
+    sim.control(
+        "/_control/late_rows",
+        json!({"store": "TDLATE", "stream": "orders", "date": "2026-01-06", "count": 3}),
+    );
+    sim.control(
+        "/_control/delete_rows",
+        json!({"store": "TDLATE", "stream": "orders", "date": "2026-01-02", "count": 5}),
+    );
+    sim.control(
+        "/_control/change_rows",
+        json!({"store": "TDLATE", "stream": "sales", "date": "2026-01-03", "count": 2}),
+    );
     assert_eq!(sync(&mut db, "td_orders_sync", "TDLATE", ""), "success");
 
     assert!(matches_truth(&mut db, &sim, "td_orders", "TDLATE", "orders"));
@@ -266,7 +271,10 @@ fn pages_whose_id_range_holds_many_other_records_still_write_only_changes() {
         &[],
     )
     .unwrap();
-    sim.control("/_control/change_rows", json!({"store": "TDWIDE", "stream": "orders", "date": "2026-01-01", "count": 2}));
+    sim.control(
+        "/_control/change_rows",
+        json!({"store": "TDWIDE", "stream": "orders", "date": "2026-01-01", "count": 2}),
+    );
     let before = row_versions(&mut db, "TDWIDE");
 
     assert_eq!(sync(&mut db, "td_orders_sync", "TDWIDE", ""), "success");
@@ -274,12 +282,7 @@ fn pages_whose_id_range_holds_many_other_records_still_write_only_changes() {
     assert!(matches_truth(&mut db, &sim, "td_orders", "TDWIDE", "orders"));
     assert!(matches_truth(&mut db, &sim, "td_sales", "TDWIDE", "sales"));
     let after = row_versions(&mut db, "TDWIDE");
-    let rewritten: Vec<&str> = before
-        .iter()
-        .zip(&after)
-        .filter(|(b, a)| b != a)
-        .map(|(b, _)| b.0.as_str())
-        .collect();
+    let rewritten: Vec<&str> = before.iter().zip(&after).filter(|(b, a)| b != a).map(|(b, _)| b.0.as_str()).collect();
     assert_eq!(before.len(), after.len());
     assert_eq!(rewritten, ["orders-TDWIDE-20260101-000000", "orders-TDWIDE-20260101-000001"]);
     let others: i64 = scalar(
@@ -293,7 +296,10 @@ fn pages_whose_id_range_holds_many_other_records_still_write_only_changes() {
 fn a_500_then_success_is_retried() {
     let sim = Simulator::start(&[]);
     let mut db = setup(&sim, &[("UCRETRY", "UC")]);
-    sim.control("/_control/faults", json!({"store": "UCRETRY", "stream": "gst", "page": 1, "kind": "status", "status": 500, "times": 1}));
+    sim.control(
+        "/_control/faults",
+        json!({"store": "UCRETRY", "stream": "gst", "page": 1, "kind": "status", "status": 500, "times": 1}),
+    );
 
     assert_eq!(sync(&mut db, "uc_orders_sync", "UCRETRY", ""), "success");
 
@@ -348,10 +354,8 @@ fn a_token_never_appears_in_error_message() {
     let error = error.unwrap();
     assert!(error.contains("401"), "{error}");
     assert!(!error.contains(secret), "token leaked: {error}");
-    let leaked: i64 = scalar(
-        &mut db,
-        "SELECT count(*) FROM orders_sync.orders_sync_log WHERE error_message LIKE '%tok-Secret%'",
-    );
+    let leaked: i64 =
+        scalar(&mut db, "SELECT count(*) FROM orders_sync.orders_sync_log WHERE error_message LIKE '%tok-Secret%'");
     assert_eq!(leaked, 0);
 
     // With the right token the same window syncs.
@@ -398,10 +402,8 @@ fn bad_arguments_are_clear_sql_errors() {
     for (statement, message) in cases {
         assert_eq!(error_of(&mut db, statement), message, "{statement}");
     }
-    let runs: i64 = scalar(
-        &mut db,
-        "SELECT count(*) FROM orders_sync.orders_sync_log WHERE store_code IN ('TDARGS', 'UCARGS')",
-    );
+    let runs: i64 =
+        scalar(&mut db, "SELECT count(*) FROM orders_sync.orders_sync_log WHERE store_code IN ('TDARGS', 'UCARGS')");
     assert_eq!(runs, 0, "a refused call starts nothing");
 }
 

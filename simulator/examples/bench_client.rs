@@ -38,9 +38,7 @@ fn run() -> Result<(), String> {
     }
     let addr = &args[1];
     let want: u64 = args[2].parse().map_err(|_| "ROWS must be an integer")?;
-    let page_size: u64 = args[3]
-        .parse()
-        .map_err(|_| "PAGE_SIZE must be an integer")?;
+    let page_size: u64 = args[3].parse().map_err(|_| "PAGE_SIZE must be an integer")?;
     let store = args.get(4).map_or("S001", String::as_str);
     let stream = args.get(5).map_or("orders", String::as_str);
 
@@ -64,18 +62,13 @@ fn run() -> Result<(), String> {
     let mut token: Option<String> = None;
     let mut requested = 0u64;
     loop {
-        let mut target = format!(
-            "/v1/stores/{store}/{stream}?from=2000-01-01&to=2099-12-31&page_size={page_size}"
-        );
+        let mut target = format!("/v1/stores/{store}/{stream}?from=2000-01-01&to=2099-12-31&page_size={page_size}");
         if let Some(t) = &token {
             target.push_str("&page_token=");
             target.push_str(t);
         }
-        let req =
-            format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n");
-        writer
-            .write_all(req.as_bytes())
-            .map_err(|e| e.to_string())?;
+        let req = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n");
+        writer.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
         let body = read_response(&mut reader)?;
         requested += page_size;
         token = next_token(&body)?;
@@ -87,10 +80,7 @@ fn run() -> Result<(), String> {
     drop(tx);
     let (rows, bytes) = counter.join().map_err(|_| "counter panicked")??;
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "simulator: {rows} rows in {secs:.3} s = {:.0} rows/s",
-        rows as f64 / secs
-    );
+    println!("simulator: {rows} rows in {secs:.3} s = {:.0} rows/s", rows as f64 / secs);
     eprintln!(
         "({:.1} MB, {:.0} MB/s, {:.0} bytes/row)",
         bytes as f64 / 1e6,
@@ -134,18 +124,12 @@ fn read_response(r: &mut BufReader<TcpStream>) -> Result<Vec<u8>, String> {
 fn next_token(body: &[u8]) -> Result<Option<String>, String> {
     const KEY: &[u8] = b"\"next_page_token\":";
     let tail = &body[body.len().saturating_sub(256)..];
-    let at = tail
-        .windows(KEY.len())
-        .rposition(|w| w == KEY)
-        .ok_or("no next_page_token in body")?;
+    let at = tail.windows(KEY.len()).rposition(|w| w == KEY).ok_or("no next_page_token in body")?;
     let rest = &tail[at + KEY.len()..];
     if rest.starts_with(b"null") {
         return Ok(None);
     }
     let s = std::str::from_utf8(rest).map_err(|e| e.to_string())?;
-    let s = s
-        .strip_prefix('"')
-        .and_then(|s| s.split('"').next())
-        .ok_or("bad token")?;
+    let s = s.strip_prefix('"').and_then(|s| s.split('"').next()).ok_or("bad token")?;
     Ok(Some(s.to_owned()))
 }

@@ -70,12 +70,7 @@ impl App {
         if log.recent.len() == LOG_CAPACITY {
             log.recent.pop_front();
         }
-        log.recent.push_back(LoggedRequest {
-            path: path.to_owned(),
-            query: query.to_owned(),
-            status,
-            authorization,
-        });
+        log.recent.push_back(LoggedRequest { path: path.to_owned(), query: query.to_owned(), status, authorization });
     }
 
     // ---- control endpoints -------------------------------------------------------------
@@ -103,9 +98,7 @@ impl App {
         let b: ConfigBody = parse_body(body)?;
         let too_big = |v: u32| v > MAX_ROWS_PER_DAY;
         if b.rows_per_day.is_some_and(too_big)
-            || b.store_rows_per_day
-                .as_ref()
-                .is_some_and(|m| m.values().copied().any(too_big))
+            || b.store_rows_per_day.as_ref().is_some_and(|m| m.values().copied().any(too_big))
         {
             return Err(format!("rows per day must be <= {MAX_ROWS_PER_DAY}"));
         }
@@ -154,11 +147,7 @@ impl App {
                     let mut missing = Vec::new();
                     for id in ids {
                         match v.parse_id(&ctx, id) {
-                            Some(n)
-                                if n < ctx.total && !ctx.is_deleted(n) && !found.contains(&n) =>
-                            {
-                                found.push(n)
-                            }
+                            Some(n) if n < ctx.total && !ctx.is_deleted(n) && !found.contains(&n) => found.push(n),
                             _ => missing.push(id.clone()),
                         }
                     }
@@ -172,13 +161,9 @@ impl App {
             }
         };
         let deleted = targets.len();
-        d.day_edits_mut(&b.store, &b.stream, day)
-            .deleted
-            .extend(targets);
+        d.day_edits_mut(&b.store, &b.stream, day).deleted.extend(targets);
         drop(d);
-        Ok(
-            json!({"ok": true, "deleted": deleted, "not_found": not_found, "rows": self.present(&b, day)}),
-        )
+        Ok(json!({"ok": true, "deleted": deleted, "not_found": not_found, "rows": self.present(&b, day)}))
     }
 
     /// The first `count` rows still present that day get their next payload version.
@@ -188,10 +173,7 @@ impl App {
         let mut d = self.data_mut();
         let targets: Vec<u32> = {
             let ctx = d.view(&b.store, &b.stream).day(day);
-            (0..ctx.total)
-                .filter(|&n| !ctx.is_deleted(n))
-                .take(count as usize)
-                .collect()
+            (0..ctx.total).filter(|&n| !ctx.is_deleted(n)).take(count as usize).collect()
         };
         let e = d.day_edits_mut(&b.store, &b.stream, day);
         for n in &targets {
@@ -232,11 +214,7 @@ impl App {
 
     pub fn requests_json(&self) -> Value {
         let log = lock(&self.log);
-        let by_status: BTreeMap<String, u64> = log
-            .by_status
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
+        let by_status: BTreeMap<String, u64> = log.by_status.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         json!({"total": log.total, "by_status": by_status, "recent": log.recent})
     }
 
@@ -358,10 +336,7 @@ impl Faults {
     /// Rules are tried in the order they were added; a rule that has used up its `times` is
     /// dropped so a later, more general rule can take over.
     fn take(&mut self, store: &str, stream: &str, page: u64) -> Option<FaultAction> {
-        let i = self
-            .rules
-            .iter()
-            .position(|r| r.matches(store, stream, page))?;
+        let i = self.rules.iter().position(|r| r.matches(store, stream, page))?;
         let rule = &mut self.rules[i];
         let action = rule.action.clone();
         if let Some(left) = rule.remaining.as_mut() {
@@ -400,18 +375,13 @@ impl RowsBody {
             return Err(format!("invalid store code {:?}", self.store));
         }
         if !valid_stream(&self.stream) {
-            return Err(format!(
-                "invalid stream {:?} (want [a-z_]{{1,32}})",
-                self.stream
-            ));
+            return Err(format!("invalid stream {:?} (want [a-z_]{{1,32}})", self.stream));
         }
-        parse_date(&self.date)
-            .ok_or_else(|| format!("invalid date {:?} (want YYYY-MM-DD)", self.date))
+        parse_date(&self.date).ok_or_else(|| format!("invalid date {:?} (want YYYY-MM-DD)", self.date))
     }
 
     fn count(&self) -> Result<u32, String> {
-        self.count
-            .ok_or_else(|| "\"count\" is required".to_string())
+        self.count.ok_or_else(|| "\"count\" is required".to_string())
     }
 }
 
@@ -435,12 +405,7 @@ mod tests {
     use super::*;
 
     fn app() -> App {
-        App::new(Settings {
-            seed: 42,
-            rows_per_day: 10,
-            token: None,
-            max_page_size: 100,
-        })
+        App::new(Settings { seed: 42, rows_per_day: 10, token: None, max_page_size: 100 })
     }
 
     fn add(app: &App, body: &str) -> u64 {
@@ -451,30 +416,21 @@ mod tests {
     #[test]
     fn faults_match_store_stream_page_and_honour_times() {
         let a = app();
-        add(
-            &a,
-            r#"{"store":"S1","stream":"sales","page":2,"kind":"status","status":503,"retry_after":1,"times":2}"#,
-        );
+        add(&a, r#"{"store":"S1","stream":"sales","page":2,"kind":"status","status":503,"retry_after":1,"times":2}"#);
         // Wrong store / stream / page: nothing.
         assert!(a.take_fault("S2", "sales", 2).is_none());
         assert!(a.take_fault("S1", "orders", 2).is_none());
         assert!(a.take_fault("S1", "sales", 1).is_none());
         // Fires exactly twice.
         let f = a.take_fault("S1", "sales", 2).expect("first");
-        assert_eq!(
-            (f.kind, f.status, f.retry_after),
-            (FaultKind::Status, 503, Some(1))
-        );
+        assert_eq!((f.kind, f.status, f.retry_after), (FaultKind::Status, 503, Some(1)));
         assert!(a.take_fault("S1", "sales", 2).is_some());
         assert!(a.take_fault("S1", "sales", 2).is_none());
         // Wildcards and forever.
         add(&a, r#"{"kind":"slow","delay_ms":5}"#);
         for p in 0..5 {
             let f = a.take_fault("ANY", "gst", p).expect("forever");
-            assert_eq!(
-                (f.kind, f.delay),
-                (FaultKind::Slow, Duration::from_millis(5))
-            );
+            assert_eq!((f.kind, f.delay), (FaultKind::Slow, Duration::from_millis(5)));
         }
         assert_eq!(a.faults_json()["rules"][0]["kind"], "slow");
         assert!(a.faults_json()["rules"][0]["remaining"].is_null());
@@ -488,10 +444,7 @@ mod tests {
         let id1 = add(&a, r#"{"store":"S1","kind":"malformed","times":1}"#);
         let id2 = add(&a, r#"{"kind":"huge","size_bytes":10}"#);
         assert!(id2 > id1);
-        assert_eq!(
-            a.take_fault("S1", "orders", 0).map(|f| f.kind),
-            Some(FaultKind::Malformed)
-        );
+        assert_eq!(a.take_fault("S1", "orders", 0).map(|f| f.kind), Some(FaultKind::Malformed));
         let f = a.take_fault("S1", "orders", 0).expect("general rule");
         assert_eq!((f.kind, f.size_bytes), (FaultKind::Huge, 10));
     }
@@ -508,20 +461,10 @@ mod tests {
         ] {
             assert!(a.add_fault(body.as_bytes()).is_err(), "{body}");
         }
-        assert!(a
-            .late_rows(br#"{"store":"S1","stream":"Orders","date":"2024-01-01","count":1}"#)
-            .is_err());
-        assert!(a
-            .late_rows(br#"{"store":"S1","stream":"orders","date":"2024-1-1","count":1}"#)
-            .is_err());
-        assert!(a
-            .late_rows(br#"{"store":"S1","stream":"orders","date":"2024-01-01"}"#)
-            .is_err());
-        assert!(a
-            .delete_rows(
-                br#"{"store":"S1","stream":"orders","date":"2024-01-01","count":1,"ids":[]}"#
-            )
-            .is_err());
+        assert!(a.late_rows(br#"{"store":"S1","stream":"Orders","date":"2024-01-01","count":1}"#).is_err());
+        assert!(a.late_rows(br#"{"store":"S1","stream":"orders","date":"2024-1-1","count":1}"#).is_err());
+        assert!(a.late_rows(br#"{"store":"S1","stream":"orders","date":"2024-01-01"}"#).is_err());
+        assert!(a.delete_rows(br#"{"store":"S1","stream":"orders","date":"2024-01-01","count":1,"ids":[]}"#).is_err());
         assert!(a.set_config(br#"{"rows_per_day":20000000}"#).is_err());
     }
 
@@ -530,25 +473,15 @@ mod tests {
         let a = app();
         let r = a.late_rows(br#"{"store":"S1","stream":"orders","date":"2024-01-01","count":5}"#);
         assert_eq!(r.ok().map(|v| v["rows"].clone()), Some(json!(15)));
-        let r = a
-            .delete_rows(br#"{"store":"S1","stream":"orders","date":"2024-01-01","count":3}"#)
-            .expect("delete");
-        assert_eq!(
-            (r["deleted"].clone(), r["rows"].clone()),
-            (json!(3), json!(12))
-        );
+        let r = a.delete_rows(br#"{"store":"S1","stream":"orders","date":"2024-01-01","count":3}"#).expect("delete");
+        assert_eq!((r["deleted"].clone(), r["rows"].clone()), (json!(3), json!(12)));
         let r = a
             .delete_rows(br#"{"store":"S1","stream":"orders","date":"2024-01-01","ids":["orders-S1-20240101-000000","orders-S1-20240101-000003","orders-S1-20240101-000099"]}"#)
             .expect("delete by id");
         assert_eq!(r["deleted"], 1);
-        assert_eq!(
-            r["not_found"],
-            json!(["orders-S1-20240101-000000", "orders-S1-20240101-000099"])
-        );
+        assert_eq!(r["not_found"], json!(["orders-S1-20240101-000000", "orders-S1-20240101-000099"]));
         // Changes skip deleted rows: rows 4 and 5 are the first two present.
-        let r = a
-            .change_rows(br#"{"store":"S1","stream":"orders","date":"2024-01-01","count":2}"#)
-            .expect("change");
+        let r = a.change_rows(br#"{"store":"S1","stream":"orders","date":"2024-01-01","count":2}"#).expect("change");
         assert_eq!(r["changed"], 2);
         {
             let d = a.data();
@@ -556,8 +489,7 @@ mod tests {
             let e = &d.edits["S1"]["orders"][&day];
             assert_eq!(e.versions.keys().copied().collect::<Vec<_>>(), vec![4, 5]);
         }
-        a.set_config(br#"{"rows_per_day":3,"store_rows_per_day":{"S9":7},"seed":1}"#)
-            .expect("config");
+        a.set_config(br#"{"rows_per_day":3,"store_rows_per_day":{"S9":7},"seed":1}"#).expect("config");
         assert_eq!(a.config_json()["store_rows_per_day"]["S9"], 7);
         a.reset();
         let d = a.data();
@@ -569,12 +501,7 @@ mod tests {
     fn request_log_is_bounded_and_counts() {
         let a = app();
         for i in 0..1005u32 {
-            a.log_request(
-                "/v1/stores/S1/orders",
-                &format!("i={i}"),
-                if i % 2 == 0 { 200 } else { 500 },
-                true,
-            );
+            a.log_request("/v1/stores/S1/orders", &format!("i={i}"), if i % 2 == 0 { 200 } else { 500 }, true);
         }
         let v = a.requests_json();
         assert_eq!(v["total"], 1005);

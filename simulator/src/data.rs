@@ -45,21 +45,12 @@ pub struct Dataset {
 
 impl Dataset {
     pub fn new(seed: u64, rows_per_day: u32) -> Self {
-        Dataset {
-            seed,
-            rows_per_day,
-            store_rows_per_day: HashMap::new(),
-            edits: HashMap::new(),
-        }
+        Dataset { seed, rows_per_day, store_rows_per_day: HashMap::new(), edits: HashMap::new() }
     }
 
     /// Read-only view of one store + stream, resolved once per request.
     pub fn view<'a>(&'a self, store: &'a str, stream: &'a str) -> StreamView<'a> {
-        let base_rows = self
-            .store_rows_per_day
-            .get(store)
-            .copied()
-            .unwrap_or(self.rows_per_day);
+        let base_rows = self.store_rows_per_day.get(store).copied().unwrap_or(self.rows_per_day);
         let edits = self.edits.get(store).and_then(|s| s.get(stream));
         let mut id_prefix = Vec::with_capacity(stream.len() + store.len() + 16);
         id_prefix.extend_from_slice(b"{\"id\":\"");
@@ -81,13 +72,7 @@ impl Dataset {
 
     /// Mutable edits of one day, created on first use.
     pub fn day_edits_mut(&mut self, store: &str, stream: &str, day: i32) -> &mut DayEdits {
-        self.edits
-            .entry(store.to_owned())
-            .or_default()
-            .entry(stream.to_owned())
-            .or_default()
-            .entry(day)
-            .or_default()
+        self.edits.entry(store.to_owned()).or_default().entry(stream.to_owned()).or_default().entry(day).or_default()
     }
 }
 
@@ -138,9 +123,7 @@ impl DayCtx<'_> {
 
     /// Number of rows present (generated + late - deleted).
     pub fn present(&self) -> u32 {
-        let deleted = self
-            .edits
-            .map_or(0, |e| e.deleted.range(..self.total).count() as u32);
+        let deleted = self.edits.map_or(0, |e| e.deleted.range(..self.total).count() as u32);
         self.total - deleted
     }
 }
@@ -164,16 +147,8 @@ impl<'a> StreamView<'a> {
         let edits = self.edits.and_then(|m| m.get(&day));
         let total = self.base_rows.saturating_add(edits.map_or(0, |e| e.late));
         let (date10, date8) = date_strings(day);
-        let hash =
-            mix(mix(mix(self.seed ^ self.store_hash) ^ self.stream_hash) ^ (day as u32 as u64));
-        DayCtx {
-            day,
-            total,
-            date10,
-            date8,
-            hash,
-            edits,
-        }
+        let hash = mix(mix(mix(self.seed ^ self.store_hash) ^ self.stream_hash) ^ (day as u32 as u64));
+        DayCtx { day, total, date10, date8, hash, edits }
     }
 
     /// Pure function of (seed, store, stream, day, n, version).
@@ -306,12 +281,7 @@ impl<'a> StreamView<'a> {
 
     /// What the source holds for a window, ignoring paging and faults.
     pub fn truth(&self, from_day: i32, to_day: i32, with_ids: bool) -> Truth {
-        let mut t = Truth {
-            count: 0,
-            cents: 0,
-            days: Vec::new(),
-            ids: with_ids.then(Vec::new),
-        };
+        let mut t = Truth { count: 0, cents: 0, days: Vec::new(), ids: with_ids.then(Vec::new) };
         for day in from_day..=to_day {
             let ctx = self.day(day);
             let mut count = 0u64;
@@ -329,11 +299,7 @@ impl<'a> StreamView<'a> {
             }
             t.count += count;
             t.cents += cents;
-            t.days.push(TruthDay {
-                date: String::from_utf8_lossy(&ctx.date10).into_owned(),
-                count,
-                cents,
-            });
+            t.days.push(TruthDay { date: String::from_utf8_lossy(&ctx.date10).into_owned(), count, cents });
         }
         t
     }
@@ -369,16 +335,10 @@ pub fn parse_date(s: &str) -> Option<i32> {
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
-    if !b
-        .iter()
-        .enumerate()
-        .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
-    {
+    if !b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit()) {
         return None;
     }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .map(|d| d.num_days_from_ce())
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().map(|d| d.num_days_from_ce())
 }
 
 /// `YYYYMMDD` -> day number, for page tokens.
@@ -500,19 +460,9 @@ mod tests {
     }
 
     /// All records of a window fetched with a given page size, following cursors like a client.
-    fn fetch_all(
-        ds: &Dataset,
-        store: &str,
-        stream: &str,
-        from: &str,
-        to: &str,
-        ps: usize,
-    ) -> Vec<Value> {
+    fn fetch_all(ds: &Dataset, store: &str, stream: &str, from: &str, to: &str, ps: usize) -> Vec<Value> {
         let v = ds.view(store, stream);
-        let mut cur = Some(Cursor {
-            day: day(from),
-            n: 0,
-        });
+        let mut cur = Some(Cursor { day: day(from), n: 0 });
         let mut out = Vec::new();
         let mut pages = 0;
         while let Some(c) = cur {
@@ -535,10 +485,7 @@ mod tests {
     }
 
     fn ids(records: &[Value]) -> Vec<String> {
-        records
-            .iter()
-            .map(|r| r["id"].as_str().expect("id").to_owned())
-            .collect()
+        records.iter().map(|r| r["id"].as_str().expect("id").to_owned()).collect()
     }
 
     #[test]
@@ -575,10 +522,7 @@ mod tests {
         assert_eq!(recs[0]["date"], "2024-01-01");
         assert_eq!(recs[599]["id"], "orders-S001-20240103-000199");
         let nulls = recs.iter().filter(|r| r["amount"].is_null()).count();
-        assert!(
-            (3..=40).contains(&nulls),
-            "about 1 in 40 null amounts, got {nulls}"
-        );
+        assert!((3..=40).contains(&nulls), "about 1 in 40 null amounts, got {nulls}");
         for r in &recs {
             assert!(r["amount"].is_null() || r["amount"].is_number());
             assert!(r["qty"].as_u64().is_some_and(|q| (1..=9).contains(&q)));
@@ -587,16 +531,7 @@ mod tests {
         // ~150 bytes per row, as the spec asks.
         let mut buf = BytesMut::new();
         let v = ds.view("S001", "orders");
-        v.write_records(
-            &mut buf,
-            Cursor {
-                day: day("2024-01-01"),
-                n: 0,
-            },
-            day("2024-01-01"),
-            200,
-            false,
-        );
+        v.write_records(&mut buf, Cursor { day: day("2024-01-01"), n: 0 }, day("2024-01-01"), 200, false);
         let per_row = buf.len() / 200;
         assert!((120..=190).contains(&per_row), "{per_row} bytes per row");
     }
@@ -607,34 +542,16 @@ mod tests {
             let ds = Dataset::new(seed, 50);
             let v = ds.view("S001", "sales");
             let mut buf = BytesMut::new();
-            v.write_records(
-                &mut buf,
-                Cursor {
-                    day: day("2024-03-01"),
-                    n: 0,
-                },
-                day("2024-03-10"),
-                10_000,
-                false,
-            );
+            v.write_records(&mut buf, Cursor { day: day("2024-03-01"), n: 0 }, day("2024-03-10"), 10_000, false);
             buf
         };
         assert_eq!(render(42), render(42));
         assert_ne!(render(42), render(7));
         // Stores and streams differ too.
         let ds = Dataset::new(42, 5);
-        let a = ds
-            .view("S001", "sales")
-            .truth(day("2024-03-01"), day("2024-03-10"), false)
-            .cents;
-        let b = ds
-            .view("S002", "sales")
-            .truth(day("2024-03-01"), day("2024-03-10"), false)
-            .cents;
-        let c = ds
-            .view("S001", "orders")
-            .truth(day("2024-03-01"), day("2024-03-10"), false)
-            .cents;
+        let a = ds.view("S001", "sales").truth(day("2024-03-01"), day("2024-03-10"), false).cents;
+        let b = ds.view("S002", "sales").truth(day("2024-03-01"), day("2024-03-10"), false).cents;
+        let c = ds.view("S001", "orders").truth(day("2024-03-01"), day("2024-03-10"), false).cents;
         assert!(a != b && a != c);
     }
 
@@ -644,27 +561,14 @@ mod tests {
         ds.store_rows_per_day.insert("BIG".into(), 13);
         // Make the window irregular: a deleted block, a late day, an emptied day.
         let d2 = day("2024-01-02");
-        ds.day_edits_mut("BIG", "orders", d2)
-            .deleted
-            .extend([0, 1, 5, 12]);
+        ds.day_edits_mut("BIG", "orders", d2).deleted.extend([0, 1, 5, 12]);
         ds.day_edits_mut("BIG", "orders", day("2024-01-03")).late = 4;
-        ds.day_edits_mut("BIG", "orders", day("2024-01-04"))
-            .deleted
-            .extend(0..13);
-        let truth = ds
-            .view("BIG", "orders")
-            .truth(day("2024-01-01"), day("2024-01-06"), true);
+        ds.day_edits_mut("BIG", "orders", day("2024-01-04")).deleted.extend(0..13);
+        let truth = ds.view("BIG", "orders").truth(day("2024-01-01"), day("2024-01-06"), true);
         let truth_ids = truth.ids.expect("ids requested");
         assert_eq!(truth.count as usize, 13 * 6 - 4 + 4 - 13);
         for ps in [1, 2, 3, 7, 13, 50, 1000] {
-            let got = ids(&fetch_all(
-                &ds,
-                "BIG",
-                "orders",
-                "2024-01-01",
-                "2024-01-06",
-                ps,
-            ));
+            let got = ids(&fetch_all(&ds, "BIG", "orders", "2024-01-01", "2024-01-06", ps));
             assert_eq!(got, truth_ids, "page size {ps}");
         }
     }
@@ -674,16 +578,8 @@ mod tests {
         let ds = Dataset::new(1, 0);
         let v = ds.view("S1", "gst");
         let mut buf = BytesMut::new();
-        let (w, next) = v.write_records(
-            &mut buf,
-            Cursor {
-                day: day("2024-01-01"),
-                n: 0,
-            },
-            day("2024-12-31"),
-            10,
-            false,
-        );
+        let (w, next) =
+            v.write_records(&mut buf, Cursor { day: day("2024-01-01"), n: 0 }, day("2024-12-31"), 10, false);
         assert_eq!((w, next), (0, None));
         assert!(buf.is_empty());
         let t = v.truth(day("2024-01-01"), day("2024-01-02"), false);
@@ -698,19 +594,10 @@ mod tests {
         let ds = Dataset::new(3, 1_000_000);
         let v = ds.view("S001", "orders");
         let mut buf = BytesMut::new();
-        let start = Cursor {
-            day: day("2030-06-01"),
-            n: 999_998,
-        };
+        let start = Cursor { day: day("2030-06-01"), n: 999_998 };
         let (w, next) = v.write_records(&mut buf, start, day("2030-06-02"), 3, false);
         assert_eq!(w, 3);
-        assert_eq!(
-            next,
-            Some(Cursor {
-                day: day("2030-06-02"),
-                n: 1
-            })
-        );
+        assert_eq!(next, Some(Cursor { day: day("2030-06-02"), n: 1 }));
         let s = String::from_utf8_lossy(&buf);
         assert!(s.contains("orders-S001-20300601-999999"));
         assert!(s.contains("orders-S001-20300602-000000"));
@@ -748,16 +635,7 @@ mod tests {
         let v = ds.view("S1", "orders");
         let mut buf = BytesMut::new();
         buf.extend_from_slice(b"[");
-        v.write_records(
-            &mut buf,
-            Cursor {
-                day: day("2024-05-05"),
-                n: 0,
-            },
-            day("2024-05-05"),
-            3,
-            true,
-        );
+        v.write_records(&mut buf, Cursor { day: day("2024-05-05"), n: 0 }, day("2024-05-05"), 3, true);
         buf.extend_from_slice(b"]");
         let recs: Vec<Value> = serde_json::from_slice(&buf).expect("still valid JSON");
         assert!(recs[0].get("date").is_none());

@@ -47,10 +47,7 @@ impl Body for SimBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let frame = match self.get_mut() {
             SimBody::Full(b) => b.take(),
             SimBody::Huge { head, remaining } => {
@@ -86,8 +83,7 @@ impl Body for SimBody {
 fn huge_filler() -> &'static Bytes {
     static FILLER: OnceLock<Bytes> = OnceLock::new();
     FILLER.get_or_init(|| {
-        let rec =
-            br#"{"id":"huge-000000","date":"2024-01-01","amount":1.00,"customer_id":"C0000000"},"#;
+        let rec = br#"{"id":"huge-000000","date":"2024-01-01","amount":1.00,"customer_id":"C0000000"},"#;
         let mut v = Vec::with_capacity(64 * 1024);
         while v.len() + rec.len() <= 64 * 1024 {
             v.extend_from_slice(rec);
@@ -99,8 +95,7 @@ fn huge_filler() -> &'static Bytes {
 fn full(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<SimBody> {
     let mut r = Response::new(SimBody::Full(Some(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -156,10 +151,7 @@ async fn control(req: Request<Incoming>, app: &App, what: &str) -> Response<SimB
         (&Method::POST, "reset") => Ok(app.reset()),
         (&Method::DELETE, "faults") => Ok(app.clear_faults()),
         (&Method::POST, "config" | "late_rows" | "delete_rows" | "change_rows" | "faults") => {
-            let body = match Limited::new(req.into_body(), MAX_CONTROL_BODY)
-                .collect()
-                .await
-            {
+            let body = match Limited::new(req.into_body(), MAX_CONTROL_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
             };
@@ -171,12 +163,7 @@ async fn control(req: Request<Incoming>, app: &App, what: &str) -> Response<SimB
                 _ => app.add_fault(&body),
             }
         }
-        _ => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("no control endpoint {method} {what}"),
-            )
-        }
+        _ => return error(StatusCode::NOT_FOUND, format!("no control endpoint {method} {what}")),
     };
     match result {
         Ok(v) => json_response(StatusCode::OK, &v),
@@ -226,8 +213,7 @@ async fn data_request(
     // Logged when the decision is made, so a client that gives up during a delay still shows.
     match fault.kind {
         FaultKind::Status => {
-            let status =
-                StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             log(status);
             status_fault(status, &fault)
         }
@@ -257,18 +243,14 @@ async fn data_request(
                 head: Some(Bytes::from_static(b"{\"data\":[")),
                 remaining: fault.size_bytes,
             });
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r
         }
     }
 }
 
 fn status_fault(status: StatusCode, fault: &FaultAction) -> Response<SimBody> {
-    let mut r = error(
-        status,
-        format!("injected fault: status {}", status.as_u16()),
-    );
+    let mut r = error(status, format!("injected fault: status {}", status.as_u16()));
     if let Some(secs) = fault.retry_after {
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
     }
@@ -288,20 +270,15 @@ fn validate(
     auth: Option<&HeaderValue>,
 ) -> Result<PageQuery, Response<SimBody>> {
     let not_found = || error(StatusCode::NOT_FOUND, "unknown store path or stream");
-    let store = percent_decode(raw_store)
-        .filter(|s| valid_store(s))
-        .ok_or_else(not_found)?;
-    let stream = percent_decode(raw_stream)
-        .filter(|s| valid_stream(s))
-        .ok_or_else(not_found)?;
+    let store = percent_decode(raw_store).filter(|s| valid_store(s)).ok_or_else(not_found)?;
+    let stream = percent_decode(raw_stream).filter(|s| valid_stream(s)).ok_or_else(not_found)?;
     if !method_ok {
         return Err(error(StatusCode::METHOD_NOT_ALLOWED, "use GET"));
     }
     if let Some(expected) = &app.settings.token {
         if !bearer_matches(auth, expected) {
             let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            r.headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return Err(r);
         }
     }
@@ -312,33 +289,14 @@ fn validate(
     let page_size = params
         .get("page_size")
         .ok_or_else(|| "page_size is required".to_string())
-        .and_then(|v| {
-            v.parse::<usize>()
-                .map_err(|_| format!("page_size {v:?} is not an integer"))
-        })
-        .and_then(|n| {
-            if (1..=max).contains(&n) {
-                Ok(n)
-            } else {
-                Err(format!("page_size must be in 1..={max}"))
-            }
-        })
+        .and_then(|v| v.parse::<usize>().map_err(|_| format!("page_size {v:?} is not an integer")))
+        .and_then(|n| if (1..=max).contains(&n) { Ok(n) } else { Err(format!("page_size must be in 1..={max}")) })
         .map_err(bad)?;
     let token = match params.get("page_token") {
         None => None,
-        Some(t) => Some(
-            token::decode(t, &store, &stream, from, to)
-                .ok_or_else(|| bad("bad page_token".to_string()))?,
-        ),
+        Some(t) => Some(token::decode(t, &store, &stream, from, to).ok_or_else(|| bad("bad page_token".to_string()))?),
     };
-    Ok(PageQuery {
-        store,
-        stream,
-        from,
-        to,
-        page_size,
-        token,
-    })
+    Ok(PageQuery { store, stream, from, to, page_size, token })
 }
 
 /// Constant-time-ish comparison is not needed on loopback; exact match of the credential,
@@ -362,9 +320,7 @@ thread_local! {
 /// `{"data":[...],"next_page_token":...}` for one page. `bad_first` drops the first record's
 /// date (the `bad_record` fault); `truncate` cuts the body in half (the `malformed` fault).
 fn page_response(app: &App, q: &PageQuery, bad_first: bool, truncate: bool) -> Response<SimBody> {
-    let start = q
-        .token
-        .map_or(crate::data::Cursor { day: q.from, n: 0 }, |t| t.cursor);
+    let start = q.token.map_or(crate::data::Cursor { day: q.from, n: 0 }, |t| t.cursor);
     let body = SCRATCH.with(|cell| {
         let mut buf = cell.borrow_mut();
         buf.clear();
@@ -395,19 +351,14 @@ fn page_response(app: &App, q: &PageQuery, bad_first: bool, truncate: bool) -> R
         }
         buf.split().freeze()
     });
-    let body = if truncate {
-        body.slice(..body.len() / 2)
-    } else {
-        body
-    };
+    let body = if truncate { body.slice(..body.len() / 2) } else { body };
     full(StatusCode::OK, "application/json", body)
 }
 
 // ---- truth ------------------------------------------------------------------------------------
 
 fn truth(app: &App, raw_store: &str, raw_stream: &str, query: &str) -> Response<SimBody> {
-    let (Some(store), Some(stream)) = (percent_decode(raw_store), percent_decode(raw_stream))
-    else {
+    let (Some(store), Some(stream)) = (percent_decode(raw_store), percent_decode(raw_stream)) else {
         return error(StatusCode::NOT_FOUND, "unknown store path or stream");
     };
     if !valid_store(&store) || !valid_stream(&stream) {
@@ -424,19 +375,11 @@ fn truth(app: &App, raw_store: &str, raw_stream: &str, query: &str) -> Response<
     let with_ids = match params.get("ids").map(String::as_str) {
         None | Some("false" | "0") => false,
         Some("true" | "1") => true,
-        Some(other) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("ids must be true or false, not {other:?}"),
-            )
-        }
+        Some(other) => return error(StatusCode::BAD_REQUEST, format!("ids must be true or false, not {other:?}")),
     };
     let t = app.data().view(&store, &stream).truth(from, to, with_ids);
-    let days: Vec<Value> = t
-        .days
-        .iter()
-        .map(|d| json!({"date": d.date, "count": d.count, "amount_sum": cents_string(d.cents)}))
-        .collect();
+    let days: Vec<Value> =
+        t.days.iter().map(|d| json!({"date": d.date, "count": d.count, "amount_sum": cents_string(d.cents)})).collect();
     let mut v = json!({"count": t.count, "amount_sum": cents_string(t.cents), "days": days});
     if let Some(ids) = t.ids {
         v["ids"] = json!(ids);
@@ -448,9 +391,7 @@ fn truth(app: &App, raw_store: &str, raw_stream: &str, query: &str) -> Response<
 
 fn window(params: &HashMap<String, String>) -> Result<(i32, i32), String> {
     let date = |name: &str| -> Result<i32, String> {
-        let v = params
-            .get(name)
-            .ok_or_else(|| format!("{name} is required"))?;
+        let v = params.get(name).ok_or_else(|| format!("{name} is required"))?;
         parse_date(v).ok_or_else(|| format!("{name} {v:?} is not a YYYY-MM-DD date"))
     };
     let (from, to) = (date("from")?, date("to")?);
@@ -513,12 +454,8 @@ mod tests {
 
     #[test]
     fn query_parsing() {
-        let q = parse_query("from=2024-01-01&to=2024-01-02&page_token=p1.d20240101.n0.c%30")
-            .unwrap_or_default();
-        assert_eq!(
-            q.get("page_token").map(String::as_str),
-            Some("p1.d20240101.n0.c0")
-        );
+        let q = parse_query("from=2024-01-01&to=2024-01-02&page_token=p1.d20240101.n0.c%30").unwrap_or_default();
+        assert_eq!(q.get("page_token").map(String::as_str), Some("p1.d20240101.n0.c0"));
         assert!(parse_query("a=1&a=2").is_err());
         let w = |s: &str| window(&parse_query(s).unwrap_or_default());
         assert!(w("from=2024-01-02&to=2024-01-01").is_err());
@@ -532,15 +469,9 @@ mod tests {
     fn bearer() {
         let h = HeaderValue::from_static("Bearer s3cret");
         assert!(bearer_matches(Some(&h), "s3cret"));
-        assert!(bearer_matches(
-            Some(&HeaderValue::from_static("bearer s3cret")),
-            "s3cret"
-        ));
+        assert!(bearer_matches(Some(&HeaderValue::from_static("bearer s3cret")), "s3cret"));
         assert!(!bearer_matches(Some(&h), "other"));
-        assert!(!bearer_matches(
-            Some(&HeaderValue::from_static("s3cret")),
-            "s3cret"
-        ));
+        assert!(!bearer_matches(Some(&HeaderValue::from_static("s3cret")), "s3cret"));
         assert!(!bearer_matches(None, "s3cret"));
     }
 }

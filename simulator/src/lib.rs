@@ -48,9 +48,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                 async move { Ok::<_, Infallible>(http::handle(req, app).await) }
             });
             // Errors here are clients hanging up mid-response (e.g. on a `huge` body): normal.
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }

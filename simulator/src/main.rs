@@ -41,14 +41,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let rt = if cli.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cli.threads as usize)
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads as usize).enable_all().build()
     };
     let rt = match rt {
         Ok(rt) => rt,
@@ -87,10 +82,7 @@ fn main() -> ExitCode {
         };
         // Exactly one line on stdout, flushed, so scripts can read the port.
         let mut out = std::io::stdout().lock();
-        if writeln!(out, "listening on {addr}")
-            .and_then(|_| out.flush())
-            .is_err()
-        {
+        if writeln!(out, "listening on {addr}").and_then(|_| out.flush()).is_err() {
             return ExitCode::FAILURE;
         }
         drop(out);

@@ -45,10 +45,7 @@ pub fn decode(s: &str, store: &str, stream: &str, from_day: i32, to_day: i32) ->
     if c != check(store, stream, from_day, to_day) {
         return None;
     }
-    Some(PageToken {
-        page,
-        cursor: Cursor { day, n },
-    })
+    Some(PageToken { page, cursor: Cursor { day, n } })
 }
 
 #[cfg(test)]
@@ -58,14 +55,8 @@ mod tests {
 
     #[test]
     fn round_trip_and_rejects() {
-        let (f, t) = (
-            parse_date("2024-01-01").unwrap_or(0),
-            parse_date("2024-01-31").unwrap_or(0),
-        );
-        let tok = PageToken {
-            page: 3,
-            cursor: Cursor { day: f + 4, n: 17 },
-        };
+        let (f, t) = (parse_date("2024-01-01").unwrap_or(0), parse_date("2024-01-31").unwrap_or(0));
+        let tok = PageToken { page: 3, cursor: Cursor { day: f + 4, n: 17 } };
         let s = encode(tok, "S001", "orders", f, t);
         assert!(s.starts_with("p3.d20240105.n17.c"), "{s}");
         assert_eq!(decode(&s, "S001", "orders", f, t), Some(tok));
@@ -73,14 +64,7 @@ mod tests {
         assert_eq!(decode(&s, "S002", "orders", f, t), None);
         assert_eq!(decode(&s, "S001", "sales", f, t), None);
         assert_eq!(decode(&s, "S001", "orders", f, t + 1), None);
-        for bad in [
-            "",
-            "x",
-            "p0.d20240105.n1.c0",
-            "p1.d20241305.n1.c0",
-            "p1.d20240105.n-1.c0",
-            &format!("{s}.x"),
-        ] {
+        for bad in ["", "x", "p0.d20240105.n1.c0", "p1.d20241305.n1.c0", "p1.d20240105.n-1.c0", &format!("{s}.x")] {
             assert_eq!(decode(bad, "S001", "orders", f, t), None, "{bad}");
         }
     }

@@ -24,33 +24,22 @@ impl Server {
             .expect("spawn simulator");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
+        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
         let addr = line
             .trim_end()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
-        assert!(
-            addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
-            "{addr}"
-        );
+        assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
         Server {
             child,
             base: format!("http://{addr}"),
-            client: Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
+            client: Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
         }
     }
 
     fn get(&self, path: &str) -> Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .expect("GET")
+        self.client.get(format!("{}{path}", self.base)).send().expect("GET")
     }
 
     fn get_json(&self, path: &str) -> Value {
@@ -60,30 +49,17 @@ impl Server {
     }
 
     fn post(&self, path: &str, body: Value) -> Value {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .expect("POST");
+        let r = self.client.post(format!("{}{path}", self.base)).json(&body).send().expect("POST");
         assert_eq!(r.status(), StatusCode::OK, "{path} {body}");
         r.json().expect("JSON body")
     }
 
     /// Follow a chain like the extension's client does; returns every record.
-    fn fetch_chain(
-        &self,
-        store: &str,
-        stream: &str,
-        from: &str,
-        to: &str,
-        page_size: usize,
-    ) -> Vec<Value> {
+    fn fetch_chain(&self, store: &str, stream: &str, from: &str, to: &str, page_size: usize) -> Vec<Value> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         for _ in 0..100_000 {
-            let mut path =
-                format!("/v1/stores/{store}/{stream}?from={from}&to={to}&page_size={page_size}");
+            let mut path = format!("/v1/stores/{store}/{stream}?from={from}&to={to}&page_size={page_size}");
             if let Some(t) = &token {
                 path.push_str(&format!("&page_token={t}"));
             }
@@ -103,27 +79,19 @@ impl Server {
     }
 
     fn truth(&self, store: &str, stream: &str, from: &str, to: &str) -> Value {
-        self.get_json(&format!(
-            "/_truth/stores/{store}/{stream}?from={from}&to={to}&ids=true"
-        ))
+        self.get_json(&format!("/_truth/stores/{store}/{stream}?from={from}&to={to}&ids=true"))
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        let ok = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
         assert!(ok.success());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "simulator did not exit on SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "simulator did not exit on SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -147,12 +115,9 @@ fn cents(records: &[Value]) -> i64 {
         .iter()
         .filter_map(|r| r["amount"].as_number().map(|n| n.to_string()))
         .map(|s| {
-            let (neg, s) = s
-                .strip_prefix('-')
-                .map_or((false, s.as_str()), |r| (true, r));
+            let (neg, s) = s.strip_prefix('-').map_or((false, s.as_str()), |r| (true, r));
             let (i, f) = s.split_once('.').unwrap_or((s, "0"));
-            let v = i.parse::<i64>().expect("int") * 100
-                + format!("{f:0<2}").parse::<i64>().expect("frac");
+            let v = i.parse::<i64>().expect("int") * 100 + format!("{f:0<2}").parse::<i64>().expect("frac");
             if neg {
                 -v
             } else {
@@ -198,20 +163,9 @@ fn token_required_and_bad_input_rejected() {
     let s = Server::start(&["--token", "s3cret-token", "--max-page-size", "100"]);
     let ok = "/v1/stores/S001/orders?from=2024-01-01&to=2024-01-02&page_size=10";
     assert_eq!(s.get(ok).status(), StatusCode::UNAUTHORIZED);
-    let wrong = s
-        .client
-        .get(format!("{}{ok}", s.base))
-        .bearer_auth("nope")
-        .send()
-        .expect("GET");
+    let wrong = s.client.get(format!("{}{ok}", s.base)).bearer_auth("nope").send().expect("GET");
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
-    let auth = |path: &str| {
-        s.client
-            .get(format!("{}{path}", s.base))
-            .bearer_auth("s3cret-token")
-            .send()
-            .expect("GET")
-    };
+    let auth = |path: &str| s.client.get(format!("{}{path}", s.base)).bearer_auth("s3cret-token").send().expect("GET");
     assert_eq!(auth(ok).status(), StatusCode::OK);
     for bad in [
         "/v1/stores/S001/orders?to=2024-01-02&page_size=10",
@@ -229,23 +183,13 @@ fn token_required_and_bad_input_rejected() {
         let v: Value = r.json().expect("JSON error body");
         assert!(v["error"].is_string(), "{bad}");
     }
-    for missing in [
-        "/v1/stores/S001/Orders?from=2024-01-01&to=2024-01-02&page_size=10",
-        "/v1/stores/S001",
-        "/v2/x",
-    ] {
+    for missing in ["/v1/stores/S001/Orders?from=2024-01-01&to=2024-01-02&page_size=10", "/v1/stores/S001", "/v2/x"] {
         assert_eq!(auth(missing).status(), StatusCode::NOT_FOUND, "{missing}");
     }
     // A token issued for one store is refused for another.
-    let page: Value = auth("/v1/stores/S001/orders?from=2024-01-01&to=2024-01-02&page_size=10")
-        .json()
-        .expect("json");
-    let t = page["next_page_token"]
-        .as_str()
-        .expect("more pages")
-        .to_owned();
-    let other =
-        format!("/v1/stores/S002/orders?from=2024-01-01&to=2024-01-02&page_size=10&page_token={t}");
+    let page: Value = auth("/v1/stores/S001/orders?from=2024-01-01&to=2024-01-02&page_size=10").json().expect("json");
+    let t = page["next_page_token"].as_str().expect("more pages").to_owned();
+    let other = format!("/v1/stores/S002/orders?from=2024-01-01&to=2024-01-02&page_size=10&page_token={t}");
     assert_eq!(auth(&other).status(), StatusCode::BAD_REQUEST);
 
     // The log records whether a header was sent, never its value.
@@ -278,8 +222,7 @@ fn paging_over_http_matches_truth_and_is_deterministic() {
     // Same token, same bytes (clients resume from saved tokens).
     let p0 = s.get_json("/v1/stores/S1/orders?from=2024-01-01&to=2024-01-31&page_size=100");
     let t = p0["next_page_token"].as_str().expect("token").to_owned();
-    let path =
-        format!("/v1/stores/S1/orders?from=2024-01-01&to=2024-01-31&page_size=100&page_token={t}");
+    let path = format!("/v1/stores/S1/orders?from=2024-01-01&to=2024-01-31&page_size=100&page_token={t}");
     let a = s.get(&path).bytes().expect("body");
     let b = s.get(&path).bytes().expect("body");
     assert_eq!(a, b);
@@ -289,21 +232,12 @@ fn paging_over_http_matches_truth_and_is_deterministic() {
     let s3 = Server::start(&["--seed", "8", "--rows-per-day", "37"]);
     assert_eq!(s2.get(&path).bytes().expect("body"), a);
     let p = "/v1/stores/S1/orders?from=2024-01-01&to=2024-01-31&page_size=100";
-    assert_eq!(
-        s.get(p).bytes().expect("body"),
-        s2.get(p).bytes().expect("body")
-    );
-    assert_ne!(
-        s.get(p).bytes().expect("body"),
-        s3.get(p).bytes().expect("body")
-    );
+    assert_eq!(s.get(p).bytes().expect("body"), s2.get(p).bytes().expect("body"));
+    assert_ne!(s.get(p).bytes().expect("body"), s3.get(p).bytes().expect("body"));
 
     // Empty window: exact shape.
     s.post("/_control/config", json!({"rows_per_day": 0}));
-    let body = s
-        .get("/v1/stores/S1/orders?from=2024-01-01&to=2024-01-31&page_size=100")
-        .text()
-        .expect("text");
+    let body = s.get("/v1/stores/S1/orders?from=2024-01-01&to=2024-01-31&page_size=100").text().expect("text");
     assert_eq!(body, r#"{"data":[],"next_page_token":null}"#);
 }
 
@@ -314,27 +248,15 @@ fn edits_show_in_data_and_truth() {
     let before = s.fetch_chain("S001", "orders", from, to, 4);
     assert_eq!(before.len(), 30);
 
-    s.post(
-        "/_control/late_rows",
-        json!({"store": "S001", "stream": "orders", "date": "2024-06-02", "count": 3}),
-    );
-    s.post(
-        "/_control/delete_rows",
-        json!({"store": "S001", "stream": "orders", "date": "2024-06-01", "count": 2}),
-    );
+    s.post("/_control/late_rows", json!({"store": "S001", "stream": "orders", "date": "2024-06-02", "count": 3}));
+    s.post("/_control/delete_rows", json!({"store": "S001", "stream": "orders", "date": "2024-06-01", "count": 2}));
     let r = s.post(
         "/_control/delete_rows",
         json!({"store": "S001", "stream": "orders", "date": "2024-06-03", "ids": ["orders-S001-20240603-000005"]}),
     );
     assert_eq!(r["deleted"], 1);
-    s.post(
-        "/_control/change_rows",
-        json!({"store": "S001", "stream": "orders", "date": "2024-06-03", "count": 1}),
-    );
-    s.post(
-        "/_control/config",
-        json!({"store_rows_per_day": {"S002": 500}}),
-    );
+    s.post("/_control/change_rows", json!({"store": "S001", "stream": "orders", "date": "2024-06-03", "count": 1}));
+    s.post("/_control/config", json!({"store_rows_per_day": {"S002": 500}}));
 
     let after = s.fetch_chain("S001", "orders", from, to, 4);
     let truth = s.truth("S001", "orders", from, to);
@@ -343,20 +265,11 @@ fn edits_show_in_data_and_truth() {
     assert_eq!(Value::Array(ids(&after)), truth["ids"]);
     assert_eq!(cents(&after), truth_cents(&truth));
     let idset: Vec<&str> = after.iter().filter_map(|r| r["id"].as_str()).collect();
-    assert!(
-        idset.contains(&"orders-S001-20240602-000012"),
-        "late rows get new ids"
-    );
+    assert!(idset.contains(&"orders-S001-20240602-000012"), "late rows get new ids");
     assert!(!idset.contains(&"orders-S001-20240601-000000"));
     assert!(!idset.contains(&"orders-S001-20240603-000005"));
-    let changed = after
-        .iter()
-        .find(|r| r["id"] == "orders-S001-20240603-000000")
-        .expect("row");
-    let orig = before
-        .iter()
-        .find(|r| r["id"] == "orders-S001-20240603-000000")
-        .expect("row");
+    let changed = after.iter().find(|r| r["id"] == "orders-S001-20240603-000000").expect("row");
+    let orig = before.iter().find(|r| r["id"] == "orders-S001-20240603-000000").expect("row");
     assert_eq!(changed["rev"], 1);
     assert_ne!(changed["amount"], orig["amount"]);
     assert_eq!(truth["days"][1]["count"], 13);
@@ -382,10 +295,7 @@ fn faults_over_http() {
     let p0 = s.get_json(chain);
     let t1 = p0["next_page_token"].as_str().expect("token").to_owned();
     let page1 = format!("{chain}&page_token={t1}");
-    assert_eq!(
-        s.get(&chain.replace("sales", "orders")).status(),
-        StatusCode::OK
-    );
+    assert_eq!(s.get(&chain.replace("sales", "orders")).status(), StatusCode::OK);
     for _ in 0..2 {
         let r = s.get(&page1);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -401,19 +311,13 @@ fn faults_over_http() {
     assert!(serde_json::from_slice::<Value>(&r.bytes().expect("body")).is_err());
 
     // bad_record: valid JSON, first record has no date.
-    s.post(
-        "/_control/faults",
-        json!({"kind": "bad_record", "stream": "sales", "times": 1}),
-    );
+    s.post("/_control/faults", json!({"kind": "bad_record", "stream": "sales", "times": 1}));
     let v = s.get_json(chain);
     assert!(v["data"][0].get("date").is_none());
     assert!(v["data"][1]["date"].is_string());
 
     // huge: exactly size_bytes streamed.
-    s.post(
-        "/_control/faults",
-        json!({"kind": "huge", "size_bytes": 3_000_000, "times": 1}),
-    );
+    s.post("/_control/faults", json!({"kind": "huge", "size_bytes": 3_000_000, "times": 1}));
     let mut r = s.get(chain);
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.headers().get("content-length").is_none());
@@ -423,32 +327,20 @@ fn faults_over_http() {
     assert!(body.starts_with(b"{\"data\":["));
 
     // timeout: the delayed request does not block others; it ends in 504.
-    s.post(
-        "/_control/faults",
-        json!({"kind": "timeout", "store": "SLOW", "delay_ms": 1500, "times": 1}),
-    );
-    let slow_path = format!(
-        "{}/v1/stores/SLOW/sales?from=2024-01-01&to=2024-01-01&page_size=5",
-        s.base
-    );
+    s.post("/_control/faults", json!({"kind": "timeout", "store": "SLOW", "delay_ms": 1500, "times": 1}));
+    let slow_path = format!("{}/v1/stores/SLOW/sales?from=2024-01-01&to=2024-01-01&page_size=5", s.base);
     let client = s.client.clone();
     let started = Instant::now();
     let slow = std::thread::spawn(move || client.get(slow_path).send().expect("GET").status());
     std::thread::sleep(Duration::from_millis(200));
     let quick = Instant::now();
     assert_eq!(s.get(chain).status(), StatusCode::OK);
-    assert!(
-        quick.elapsed() < Duration::from_millis(1000),
-        "served while another request sleeps"
-    );
+    assert!(quick.elapsed() < Duration::from_millis(1000), "served while another request sleeps");
     assert_eq!(slow.join().expect("thread"), StatusCode::GATEWAY_TIMEOUT);
     assert!(started.elapsed() >= Duration::from_millis(1500));
 
     // slow: delayed but a normal page.
-    s.post(
-        "/_control/faults",
-        json!({"kind": "slow", "delay_ms": 300, "times": 1}),
-    );
+    s.post("/_control/faults", json!({"kind": "slow", "delay_ms": 300, "times": 1}));
     let t = Instant::now();
     assert_eq!(s.get_json(chain), p0);
     assert!(t.elapsed() >= Duration::from_millis(300));
@@ -458,11 +350,7 @@ fn faults_over_http() {
     for _ in 0..3 {
         assert_eq!(s.get(chain).status(), StatusCode::TOO_MANY_REQUESTS);
     }
-    let r = s
-        .client
-        .delete(format!("{}/_control/faults", s.base))
-        .send()
-        .expect("DELETE");
+    let r = s.client.delete(format!("{}/_control/faults", s.base)).send().expect("DELETE");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(s.get(chain).status(), StatusCode::OK);
     let log = s.get_json("/_control/requests");
@@ -471,11 +359,7 @@ fn faults_over_http() {
     assert_eq!(log["by_status"]["504"], 1);
 
     // Bad fault bodies are a 400, not a crash.
-    let r = s
-        .client
-        .post(format!("{}/_control/faults", s.base))
-        .json(&json!({"kind": "explode"}))
-        .send()
-        .expect("POST");
+    let r =
+        s.client.post(format!("{}/_control/faults", s.base)).json(&json!({"kind": "explode"})).send().expect("POST");
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }

@@ -15,12 +15,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 /// * Otherwise exponential: `base × 2^(attempt-1)`, capped at `max(MAX_BACKOFF, base)`, with
 ///   "equal jitter": half of that is fixed and `jitter` (0..=1, anything else is clamped)
 ///   picks the rest, so workers retrying together spread out yet never retry at once.
-pub fn retry_delay(
-    attempt: u32,
-    base: Duration,
-    retry_after: Option<Duration>,
-    jitter: f64,
-) -> Duration {
+pub fn retry_delay(attempt: u32, base: Duration, retry_after: Option<Duration>, jitter: f64) -> Duration {
     if let Some(wait) = retry_after {
         return wait.min(MAX_RETRY_AFTER);
     }
@@ -28,11 +23,7 @@ pub fn retry_delay(
     // Past 2^31 any base of 15 ns or more is capped anyway; the min keeps the shift defined.
     let doublings = attempt.saturating_sub(1).min(31);
     let ceiling = base.saturating_mul(1 << doublings).min(cap).as_nanos();
-    let jitter = if jitter.is_nan() {
-        0.5
-    } else {
-        jitter.clamp(0.0, 1.0)
-    };
+    let jitter = if jitter.is_nan() { 0.5 } else { jitter.clamp(0.0, 1.0) };
     let fixed = ceiling / 2;
     // Integer nanoseconds (a capped delay is far below 2^53, so exact in f64): the result is
     // then monotonic in `ceiling` and never above it, without float rounding surprises.
@@ -44,9 +35,7 @@ pub fn retry_delay(
 /// re-keyed on every call, so its hash of nothing is a well-mixed random `u64`, without a PRNG
 /// crate. Not for cryptography; only to keep workers from retrying in lockstep.
 pub fn jitter_sample() -> f64 {
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
+    let bits = std::collections::hash_map::RandomState::new().build_hasher().finish();
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -56,11 +45,7 @@ pub fn jitter_sample() -> f64 {
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(
-            value
-                .parse::<u64>()
-                .map_or(MAX_RETRY_AFTER, Duration::from_secs),
-        );
+        return Some(value.parse::<u64>().map_or(MAX_RETRY_AFTER, Duration::from_secs));
     }
     let at = SystemTime::from(chrono::DateTime::parse_from_rfc2822(value).ok()?);
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -83,10 +68,7 @@ mod tests {
         assert_eq!(retry_delay(20, base, None, 1.0), MAX_BACKOFF);
         assert_eq!(retry_delay(u32::MAX, base, None, 1.0), MAX_BACKOFF);
         // A base above the cap is the DBA's explicit choice: it is kept, never exceeded.
-        assert_eq!(
-            retry_delay(3, Duration::from_secs(60), None, 1.0),
-            Duration::from_secs(60)
-        );
+        assert_eq!(retry_delay(3, Duration::from_secs(60), None, 1.0), Duration::from_secs(60));
         assert_eq!(retry_delay(0, base, None, 1.0), 500 * MS);
         assert_eq!(retry_delay(1, Duration::ZERO, None, 1.0), Duration::ZERO);
     }
@@ -94,18 +76,9 @@ mod tests {
     #[test]
     fn retry_after_takes_precedence_up_to_its_cap() {
         let base = 500 * MS;
-        assert_eq!(
-            retry_delay(1, base, Some(Duration::from_secs(7)), 0.9),
-            Duration::from_secs(7)
-        );
-        assert_eq!(
-            retry_delay(9, base, Some(Duration::ZERO), 0.9),
-            Duration::ZERO
-        );
-        assert_eq!(
-            retry_delay(1, base, Some(Duration::from_secs(86_400)), 0.9),
-            MAX_RETRY_AFTER
-        );
+        assert_eq!(retry_delay(1, base, Some(Duration::from_secs(7)), 0.9), Duration::from_secs(7));
+        assert_eq!(retry_delay(9, base, Some(Duration::ZERO), 0.9), Duration::ZERO);
+        assert_eq!(retry_delay(1, base, Some(Duration::from_secs(86_400)), 0.9), MAX_RETRY_AFTER);
     }
 
     #[test]
@@ -123,31 +96,12 @@ mod tests {
     #[test]
     fn retry_after_parses_seconds_and_http_dates() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470); // 07:27:50 GMT
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("99999999999999999999999", now),
-            Some(MAX_RETRY_AFTER)
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
-            Some(Duration::from_secs(10))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        for junk in [
-            "",
-            "soon",
-            "-5",
-            "1.5",
-            "1e3",
-            "Wed, 99 Oct 2015 07:28:00 GMT",
-        ] {
+        assert_eq!(parse_retry_after("99999999999999999999999", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now), Some(Duration::from_secs(10)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        for junk in ["", "soon", "-5", "1.5", "1e3", "Wed, 99 Oct 2015 07:28:00 GMT"] {
             assert_eq!(parse_retry_after(junk, now), None, "{junk:?}");
         }
     }

@@ -20,19 +20,10 @@ pub enum FetchError {
 
     /// Any status other than 200 (redirects are not followed).
     #[error("source answered HTTP {status_text}{}{}", colon(.snippet), attempts_note(*.attempts))]
-    Status {
-        status: u16,
-        status_text: String,
-        snippet: String,
-        attempts: u32,
-    },
+    Status { status: u16, status_text: String, snippet: String, attempts: u32 },
 
     #[error("timed out {phase} after {limit_ms} ms{}", attempts_note(*.attempts))]
-    Timeout {
-        phase: &'static str,
-        limit_ms: u64,
-        attempts: u32,
-    },
+    Timeout { phase: &'static str, limit_ms: u64, attempts: u32 },
 
     #[error("cannot connect to the source: {detail}{}", attempts_note(*.attempts))]
     Connect { detail: String, attempts: u32 },
@@ -46,20 +37,11 @@ pub enum FetchError {
         declared(*.content_length),
         attempts_note(*.attempts)
     )]
-    TooLarge {
-        limit: u64,
-        content_length: Option<u64>,
-        attempts: u32,
-    },
+    TooLarge { limit: u64, content_length: Option<u64>, attempts: u32 },
 
     /// Not JSON at all, or cut short; `detail` is serde's message with line and column.
     #[error("malformed JSON in source response: {detail}{}", attempts_note(*.attempts))]
-    MalformedJson {
-        detail: String,
-        line: usize,
-        column: usize,
-        attempts: u32,
-    },
+    MalformedJson { detail: String, line: usize, column: usize, attempts: u32 },
 
     /// Valid JSON, wrong shape: no `data` array, a bad `next_page_token`, ...
     #[error("invalid source response: {reason}{}", attempts_note(*.attempts))]
@@ -71,13 +53,7 @@ pub enum FetchError {
         id_note(.id.as_deref()),
         attempts_note(*.attempts)
     )]
-    InvalidRecord {
-        index: usize,
-        id: Option<String>,
-        field: &'static str,
-        reason: String,
-        attempts: u32,
-    },
+    InvalidRecord { index: usize, id: Option<String>, field: &'static str, reason: String, attempts: u32 },
 
     /// `should_stop` returned true.
     #[error("fetch stopped on request{}", attempts_note(*.attempts))]
@@ -131,9 +107,7 @@ impl FetchError {
     pub fn is_retryable(&self) -> bool {
         match self {
             FetchError::Status { status, .. } => is_retryable_status(*status),
-            FetchError::Timeout { .. }
-            | FetchError::Connect { .. }
-            | FetchError::Transport { .. } => true,
+            FetchError::Timeout { .. } | FetchError::Connect { .. } | FetchError::Transport { .. } => true,
             _ => false,
         }
     }
@@ -214,11 +188,7 @@ impl FetchError {
         let fix = |text: &mut String| *text = scrub(text, token);
         match &mut self {
             FetchError::Settings(text) | FetchError::Request(text) => fix(text),
-            FetchError::Status {
-                status_text,
-                snippet,
-                ..
-            } => {
+            FetchError::Status { status_text, snippet, .. } => {
                 fix(status_text);
                 fix(snippet);
             }
@@ -232,9 +202,7 @@ impl FetchError {
                 }
                 fix(reason);
             }
-            FetchError::Timeout { .. }
-            | FetchError::TooLarge { .. }
-            | FetchError::Cancelled { .. } => {}
+            FetchError::Timeout { .. } | FetchError::TooLarge { .. } | FetchError::Cancelled { .. } => {}
         }
         self
     }
@@ -298,15 +266,8 @@ mod tests {
             "source answered HTTP 500 Internal Server Error: injected fault (after 4 attempts)"
         );
         let e = FetchError::status(404, Some("Not Found"), String::new()).with_attempts(1);
-        assert_eq!(
-            e.to_string(),
-            "source answered HTTP 404 Not Found (after 1 attempt)"
-        );
-        let e = FetchError::TooLarge {
-            limit: 1024,
-            content_length: Some(5000),
-            attempts: 1,
-        };
+        assert_eq!(e.to_string(), "source answered HTTP 404 Not Found (after 1 attempt)");
+        let e = FetchError::TooLarge { limit: 1024, content_length: Some(5000), attempts: 1 };
         assert_eq!(
             e.to_string(),
             "source response is larger than the limit of 1024 bytes (Content-Length 5000) (after 1 attempt)"
@@ -322,10 +283,7 @@ mod tests {
             e.to_string(),
             "invalid record at index 3 (id \"orders-1\") in source response: date is missing (after 2 attempts)"
         );
-        assert_eq!(
-            FetchError::Cancelled { attempts: 0 }.to_string(),
-            "fetch stopped on request"
-        );
+        assert_eq!(FetchError::Cancelled { attempts: 0 }.to_string(), "fetch stopped on request");
     }
 
     #[test]
@@ -337,37 +295,15 @@ mod tests {
             assert!(!is_retryable_status(status), "{status}");
         }
         let retryable = [
-            FetchError::Timeout {
-                phase: "x",
-                limit_ms: 1,
-                attempts: 0,
-            },
-            FetchError::Connect {
-                detail: "refused".into(),
-                attempts: 0,
-            },
-            FetchError::Transport {
-                detail: "reset".into(),
-                attempts: 0,
-            },
+            FetchError::Timeout { phase: "x", limit_ms: 1, attempts: 0 },
+            FetchError::Connect { detail: "refused".into(), attempts: 0 },
+            FetchError::Transport { detail: "reset".into(), attempts: 0 },
         ];
         assert!(retryable.iter().all(FetchError::is_retryable));
         let final_ = [
-            FetchError::TooLarge {
-                limit: 1,
-                content_length: None,
-                attempts: 0,
-            },
-            FetchError::MalformedJson {
-                detail: "x".into(),
-                line: 1,
-                column: 1,
-                attempts: 0,
-            },
-            FetchError::InvalidPage {
-                reason: "x".into(),
-                attempts: 0,
-            },
+            FetchError::TooLarge { limit: 1, content_length: None, attempts: 0 },
+            FetchError::MalformedJson { detail: "x".into(), line: 1, column: 1, attempts: 0 },
+            FetchError::InvalidPage { reason: "x".into(), attempts: 0 },
             FetchError::Cancelled { attempts: 0 },
         ];
         assert!(!final_.iter().any(FetchError::is_retryable));
@@ -395,20 +331,9 @@ mod tests {
     fn every_text_field_of_an_error_is_scrubbed() {
         let errors = [
             FetchError::status(400, Some("Bad Request"), format!("bad {TOKEN}")),
-            FetchError::Transport {
-                detail: format!("reset {TOKEN}"),
-                attempts: 1,
-            },
-            FetchError::MalformedJson {
-                detail: format!("near {TOKEN}"),
-                line: 1,
-                column: 2,
-                attempts: 1,
-            },
-            FetchError::InvalidPage {
-                reason: format!("token {TOKEN}"),
-                attempts: 1,
-            },
+            FetchError::Transport { detail: format!("reset {TOKEN}"), attempts: 1 },
+            FetchError::MalformedJson { detail: format!("near {TOKEN}"), line: 1, column: 2, attempts: 1 },
+            FetchError::InvalidPage { reason: format!("token {TOKEN}"), attempts: 1 },
             FetchError::InvalidRecord {
                 index: 0,
                 id: Some(TOKEN.into()),
@@ -435,10 +360,7 @@ mod tests {
             body_snippet(b"<html>\r\n<b>Bad\tGateway</b>\x00</html>", None),
             "<html> <b>Bad Gateway</b> </html>"
         );
-        assert_eq!(
-            body_snippet(b"\xff\xfe oops", None),
-            "\u{fffd}\u{fffd} oops"
-        );
+        assert_eq!(body_snippet(b"\xff\xfe oops", None), "\u{fffd}\u{fffd} oops");
     }
 
     #[test]
@@ -448,18 +370,12 @@ mod tests {
         let spaced = "a b-secret-token";
         let bodies = [
             format!("{padding}Bearer {TOKEN}"),
-            format!(
-                "{{\"error\": {}}}",
-                serde_json::to_string(&format!("you sent {TOKEN}")).expect("json")
-            ),
+            format!("{{\"error\": {}}}", serde_json::to_string(&format!("you sent {TOKEN}")).expect("json")),
             format!("{padding} Bearer {TOKEN}"),
         ];
         for body in bodies {
             let snippet = body_snippet(body.as_bytes(), Some(TOKEN));
-            assert!(
-                !snippet.contains("s3cret") && !snippet.contains("Bearer tok"),
-                "{snippet}"
-            );
+            assert!(!snippet.contains("s3cret") && !snippet.contains("Bearer tok"), "{snippet}");
         }
         // A token with whitespace in it, echoed with its whitespace changed.
         let snippet = body_snippet(b"got a \n b-secret-token", Some(spaced));

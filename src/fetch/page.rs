@@ -100,22 +100,13 @@ pub(crate) fn parse_page(body: &[u8], request: &PageRequest<'_>) -> Result<Page,
         Some(raw) => Some(parse_next_page_token(raw, request)?),
     };
     let duplicate_ids = sort_keeping_last_of_each_id(&mut records);
-    Ok(Page {
-        records,
-        next_page_token,
-        attempts: 0,
-        body_bytes: body.len() as u64,
-        duplicate_ids,
-    })
+    Ok(Page { records, next_page_token, attempts: 0, body_bytes: body.len() as u64, duplicate_ids })
 }
 
 fn json_error(error: &serde_json::Error) -> FetchError {
     match error.classify() {
         // Valid JSON of the wrong shape: a missing `data`, a string where an array belongs.
-        serde_json::error::Category::Data => FetchError::InvalidPage {
-            reason: error.to_string(),
-            attempts: 0,
-        },
+        serde_json::error::Category::Data => FetchError::InvalidPage { reason: error.to_string(), attempts: 0 },
         _ => FetchError::MalformedJson {
             detail: error.to_string(),
             line: error.line(),
@@ -132,29 +123,20 @@ fn line_column(prefix: &[u8]) -> (usize, usize) {
     (line, column)
 }
 
-fn parse_record(
-    index: usize,
-    raw: &RawValue,
-    request: &PageRequest<'_>,
-) -> Result<Record, FetchError> {
-    let invalid =
-        |id: Option<&str>, field: &'static str, reason: String| FetchError::InvalidRecord {
-            index,
-            id: id.map(str::to_owned),
-            field,
-            reason,
-            attempts: 0,
-        };
+fn parse_record(index: usize, raw: &RawValue, request: &PageRequest<'_>) -> Result<Record, FetchError> {
+    let invalid = |id: Option<&str>, field: &'static str, reason: String| FetchError::InvalidRecord {
+        index,
+        id: id.map(str::to_owned),
+        field,
+        reason,
+        attempts: 0,
+    };
     let kind = json_kind(raw);
     if kind != "an object" {
-        return Err(invalid(
-            None,
-            "record",
-            format!("must be a JSON object, not {kind}"),
-        ));
+        return Err(invalid(None, "record", format!("must be a JSON object, not {kind}")));
     }
-    let fields: WireRecord<'_> = serde_json::from_str(raw.get())
-        .map_err(|e| invalid(None, "record", format!("cannot be read: {e}")))?;
+    let fields: WireRecord<'_> =
+        serde_json::from_str(raw.get()).map_err(|e| invalid(None, "record", format!("cannot be read: {e}")))?;
 
     let id = match fields.id {
         None => return Err(invalid(None, "id", "is missing or null".into())),
@@ -179,17 +161,10 @@ fn parse_record(
         None => return Err(with_id("date", "is missing or null".into())),
         Some(raw_date) => {
             let text = json_string(raw_date).map_err(|why| with_id("date", why))?;
-            let date = contract_date(&text).ok_or_else(|| {
-                with_id(
-                    "date",
-                    format!("{:?} is not a YYYY-MM-DD date", quote_cut(&text)),
-                )
-            })?;
+            let date = contract_date(&text)
+                .ok_or_else(|| with_id("date", format!("{:?} is not a YYYY-MM-DD date", quote_cut(&text))))?;
             if date < request.from || date > request.to {
-                let why = format!(
-                    "{date} is outside the window {}..{}",
-                    request.from, request.to
-                );
+                let why = format!("{date} is outside the window {}..{}", request.from, request.to);
                 return Err(with_id("date", why));
             }
             date
@@ -199,15 +174,8 @@ fn parse_record(
     let amount = match fields.amount {
         None => None,
         Some(raw_amount) => match json_kind(raw_amount) {
-            "a number" => {
-                Some(check_amount(raw_amount.get()).map_err(|why| with_id("amount", why))?)
-            }
-            other => {
-                return Err(with_id(
-                    "amount",
-                    format!("must be a number or null, not {other}"),
-                ))
-            }
+            "a number" => Some(check_amount(raw_amount.get()).map_err(|why| with_id("amount", why))?),
+            other => return Err(with_id("amount", format!("must be a number or null, not {other}"))),
         },
     };
 
@@ -224,19 +192,13 @@ fn parse_record(
 }
 
 fn parse_next_page_token(raw: &RawValue, request: &PageRequest<'_>) -> Result<String, FetchError> {
-    let invalid = |reason: String| FetchError::InvalidPage {
-        reason: format!("next_page_token {reason}"),
-        attempts: 0,
-    };
+    let invalid = |reason: String| FetchError::InvalidPage { reason: format!("next_page_token {reason}"), attempts: 0 };
     let token = json_string(raw).map_err(|why| invalid(format!("{why} (null ends the window)")))?;
     if token.is_empty() {
         return Err(invalid("is empty (null ends the window)".into()));
     }
     if token.len() > MAX_PAGE_TOKEN_BYTES {
-        return Err(invalid(format!(
-            "is {} bytes long, more than {MAX_PAGE_TOKEN_BYTES}",
-            token.len()
-        )));
+        return Err(invalid(format!("is {} bytes long, more than {MAX_PAGE_TOKEN_BYTES}", token.len())));
     }
     if token.chars().any(char::is_control) {
         return Err(invalid("contains control characters".into()));
@@ -279,9 +241,7 @@ fn json_kind(raw: &RawValue) -> &'static str {
 /// A JSON string value, unescaped.
 fn json_string(raw: &RawValue) -> Result<String, String> {
     match json_kind(raw) {
-        "a string" => {
-            serde_json::from_str(raw.get()).map_err(|e| format!("is not a valid string: {e}"))
-        }
+        "a string" => serde_json::from_str(raw.get()).map_err(|e| format!("is not a valid string: {e}")),
         other => Err(format!("must be a string, not {other}")),
     }
 }
@@ -292,9 +252,7 @@ fn contract_date(text: &str) -> Option<NaiveDate> {
     let shape = b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
     if !shape {
         return None;
     }
@@ -304,20 +262,12 @@ fn contract_date(text: &str) -> Option<NaiveDate> {
 /// A JSON number's text, if PostgreSQL's `numeric` can hold it.
 fn check_amount(text: &str) -> Result<String, String> {
     if text.len() > MAX_AMOUNT_CHARS {
-        return Err(format!(
-            "has {} characters, more than {MAX_AMOUNT_CHARS}",
-            text.len()
-        ));
+        return Err(format!("has {} characters, more than {MAX_AMOUNT_CHARS}", text.len()));
     }
     if let Some(at) = text.find(['e', 'E']) {
-        let exponent = text[at + 1..]
-            .parse::<i64>()
-            .ok()
-            .filter(|e| e.abs() <= MAX_AMOUNT_EXPONENT);
+        let exponent = text[at + 1..].parse::<i64>().ok().filter(|e| e.abs() <= MAX_AMOUNT_EXPONENT);
         if exponent.is_none() {
-            return Err(format!(
-                "{text} has an exponent beyond ±{MAX_AMOUNT_EXPONENT}"
-            ));
+            return Err(format!("{text} has an exponent beyond ±{MAX_AMOUNT_EXPONENT}"));
         }
     }
     Ok(text.to_owned())
@@ -329,15 +279,12 @@ fn check_amount(text: &str) -> Result<String, String> {
 /// characters is exact (`\\u0000`, an escaped backslash then "u0000", is fine).
 fn unstorable_escape(json: &str) -> Option<&'static str> {
     const NUL: &str = "contains \\u0000, which PostgreSQL cannot store";
-    const SURROGATE: &str =
-        "contains an unpaired \\u surrogate escape, which PostgreSQL cannot store";
+    const SURROGATE: &str = "contains an unpaired \\u surrogate escape, which PostgreSQL cannot store";
     let b = json.as_bytes();
     let unit_at = |at: usize| -> Option<u16> {
         let is_escape = b.get(at) == Some(&b'\\') && b.get(at + 1) == Some(&b'u');
         let digits = std::str::from_utf8(b.get(at + 2..at + 6)?).ok()?;
-        is_escape
-            .then(|| u16::from_str_radix(digits, 16).ok())
-            .flatten()
+        is_escape.then(|| u16::from_str_radix(digits, 16).ok()).flatten()
     };
     let mut i = 0;
     while i < b.len() {
@@ -394,21 +341,12 @@ mod tests {
     }
 
     fn page_of(records: &[&str]) -> String {
-        format!(
-            "{{\"data\":[{}],\"next_page_token\":null}}",
-            records.join(",")
-        )
+        format!("{{\"data\":[{}],\"next_page_token\":null}}", records.join(","))
     }
 
     fn record_error(body: &str) -> (usize, Option<String>, &'static str, String) {
         match parse(body) {
-            Err(FetchError::InvalidRecord {
-                index,
-                id,
-                field,
-                reason,
-                ..
-            }) => (index, id, field, reason),
+            Err(FetchError::InvalidRecord { index, id, field, reason, .. }) => (index, id, field, reason),
             other => panic!("expected an invalid record, got {other:?}"),
         }
     }
@@ -417,11 +355,8 @@ mod tests {
 
     #[test]
     fn good_page_keeps_payload_and_amount_text_exactly() {
-        let second =
-            r#"{ "id" : "z", "date":"2024-01-07", "amount": -0.50, "nested": {"x": [1, 2.0]} }"#;
-        let body = format!(
-            "{{\"data\": [{SIMULATOR_RECORD}, {second}], \"next_page_token\": \"p1.d20240102.n3.c9\"}}"
-        );
+        let second = r#"{ "id" : "z", "date":"2024-01-07", "amount": -0.50, "nested": {"x": [1, 2.0]} }"#;
+        let body = format!("{{\"data\": [{SIMULATOR_RECORD}, {second}], \"next_page_token\": \"p1.d20240102.n3.c9\"}}");
         let page = parse(&body).expect("good page");
         assert_eq!(page.records.len(), 2);
         assert_eq!(page.records[0].id, "orders-S001-20240101-000000");
@@ -439,18 +374,15 @@ mod tests {
     fn last_page_and_empty_page() {
         let page = parse(r#"{"data":[]}"#).expect("absent token");
         assert!(page.records.is_empty() && page.next_page_token.is_none());
-        let page = parse(r#"{"data":[],"next_page_token":null,"extra":{"ignored":true}}"#)
-            .expect("null token");
+        let page = parse(r#"{"data":[],"next_page_token":null,"extra":{"ignored":true}}"#).expect("null token");
         assert!(page.next_page_token.is_none());
     }
 
     #[test]
     fn null_or_absent_amount_is_none() {
-        let page = parse(&page_of(&[
-            r#"{"id":"a","date":"2024-01-02","amount":null}"#,
-            r#"{"id":"b","date":"2024-01-02"}"#,
-        ]))
-        .expect("page");
+        let page =
+            parse(&page_of(&[r#"{"id":"a","date":"2024-01-02","amount":null}"#, r#"{"id":"b","date":"2024-01-02"}"#]))
+                .expect("page");
         assert_eq!(page.records[0].amount, None);
         assert_eq!(page.records[1].amount, None);
     }
@@ -468,10 +400,8 @@ mod tests {
             "9007199254740993",
             "1e1000",
         ] {
-            let page = parse(&page_of(&[&format!(
-                r#"{{"id":"a","date":"2024-01-02","amount":{amount}}}"#
-            )]))
-            .unwrap_or_else(|e| panic!("{amount}: {e}"));
+            let page = parse(&page_of(&[&format!(r#"{{"id":"a","date":"2024-01-02","amount":{amount}}}"#)]))
+                .unwrap_or_else(|e| panic!("{amount}: {e}"));
             assert_eq!(page.records[0].amount.as_deref(), Some(amount));
         }
     }
@@ -479,9 +409,8 @@ mod tests {
     #[test]
     fn amounts_numeric_cannot_hold_are_rejected() {
         for amount in ["1e1001", "1e-99999999999999999999", &"9".repeat(101)] {
-            let (_, id, field, reason) = record_error(&page_of(&[&format!(
-                r#"{{"id":"a","date":"2024-01-02","amount":{amount}}}"#
-            )]));
+            let (_, id, field, reason) =
+                record_error(&page_of(&[&format!(r#"{{"id":"a","date":"2024-01-02","amount":{amount}}}"#)]));
             assert_eq!((id.as_deref(), field), (Some("a"), "amount"), "{reason}");
         }
     }
@@ -492,15 +421,11 @@ mod tests {
             r#"{"id":"a","date":"2024-01-02","amount":1}"#,
             r#"{"id":"bad-record","date":"2024-01-01","amount":"12.x"}"#,
         ]));
-        assert_eq!(
-            (index, id.as_deref(), field),
-            (1, Some("bad-record"), "amount")
-        );
+        assert_eq!((index, id.as_deref(), field), (1, Some("bad-record"), "amount"));
         assert_eq!(reason, "must be a number or null, not a string");
         for other in ["true", "{}", "[1]"] {
-            let (_, _, field, _) = record_error(&page_of(&[&format!(
-                r#"{{"id":"a","date":"2024-01-02","amount":{other}}}"#
-            )]));
+            let (_, _, field, _) =
+                record_error(&page_of(&[&format!(r#"{{"id":"a","date":"2024-01-02","amount":{other}}}"#)]));
             assert_eq!(field, "amount");
         }
     }
@@ -509,23 +434,11 @@ mod tests {
     fn missing_or_bad_id_is_invalid() {
         let cases = [
             (r#"{"date":"2024-01-02","amount":1}"#, "is missing or null"),
-            (
-                r#"{"id":null,"date":"2024-01-02","amount":1}"#,
-                "is missing or null",
-            ),
-            (
-                r#"{"id":42,"date":"2024-01-02","amount":1}"#,
-                "must be a string, not a number",
-            ),
+            (r#"{"id":null,"date":"2024-01-02","amount":1}"#, "is missing or null"),
+            (r#"{"id":42,"date":"2024-01-02","amount":1}"#, "must be a string, not a number"),
             (r#"{"id":"","date":"2024-01-02","amount":1}"#, "is empty"),
-            (
-                r#"{"id":"a\u0000b","date":"2024-01-02","amount":1}"#,
-                "contains a NUL character",
-            ),
-            (
-                r#"{"id":"\ud800","date":"2024-01-02","amount":1}"#,
-                "is not a valid string",
-            ),
+            (r#"{"id":"a\u0000b","date":"2024-01-02","amount":1}"#, "contains a NUL character"),
+            (r#"{"id":"\ud800","date":"2024-01-02","amount":1}"#, "is not a valid string"),
         ];
         for (record, expected) in cases {
             let (index, _, field, reason) = record_error(&page_of(&[record]));
@@ -533,40 +446,22 @@ mod tests {
             assert!(reason.starts_with(expected), "{record}: {reason}");
         }
         let long = "x".repeat(MAX_ID_BYTES + 1);
-        let (_, _, field, reason) = record_error(&page_of(&[&format!(
-            r#"{{"id":"{long}","date":"2024-01-02","amount":1}}"#
-        )]));
-        assert_eq!(
-            (field, reason.as_str()),
-            ("id", "is 257 bytes long, more than 256")
-        );
+        let (_, _, field, reason) =
+            record_error(&page_of(&[&format!(r#"{{"id":"{long}","date":"2024-01-02","amount":1}}"#)]));
+        assert_eq!((field, reason.as_str()), ("id", "is 257 bytes long, more than 256"));
         let longest = "é".repeat(MAX_ID_BYTES / 2);
-        parse(&page_of(&[&format!(
-            r#"{{"id":"{longest}","date":"2024-01-02","amount":1}}"#
-        )]))
-        .expect("256 bytes is fine");
+        parse(&page_of(&[&format!(r#"{{"id":"{longest}","date":"2024-01-02","amount":1}}"#)]))
+            .expect("256 bytes is fine");
     }
 
     #[test]
     fn missing_or_bad_date_is_invalid() {
         let cases = [
             (r#"{"id":"a","amount":1}"#, "is missing or null"),
-            (
-                r#"{"id":"a","date":20240102,"amount":1}"#,
-                "must be a string, not a number",
-            ),
-            (
-                r#"{"id":"a","date":"2024-1-02","amount":1}"#,
-                "\"2024-1-02\" is not a YYYY-MM-DD date",
-            ),
-            (
-                r#"{"id":"a","date":"2024-02-30","amount":1}"#,
-                "\"2024-02-30\" is not a YYYY-MM-DD date",
-            ),
-            (
-                r#"{"id":"a","date":"2024-01-02T00:00:00Z","amount":1}"#,
-                "\"2024-01-02T00:00:00Z\" is not",
-            ),
+            (r#"{"id":"a","date":20240102,"amount":1}"#, "must be a string, not a number"),
+            (r#"{"id":"a","date":"2024-1-02","amount":1}"#, "\"2024-1-02\" is not a YYYY-MM-DD date"),
+            (r#"{"id":"a","date":"2024-02-30","amount":1}"#, "\"2024-02-30\" is not a YYYY-MM-DD date"),
+            (r#"{"id":"a","date":"2024-01-02T00:00:00Z","amount":1}"#, "\"2024-01-02T00:00:00Z\" is not"),
         ];
         for (record, expected) in cases {
             let (_, id, field, reason) = record_error(&page_of(&[record]));
@@ -578,14 +473,10 @@ mod tests {
     #[test]
     fn date_outside_the_window_is_invalid_and_its_ends_are_inside() {
         for outside in ["2023-12-31", "2024-01-08"] {
-            let (_, _, field, reason) = record_error(&page_of(&[&format!(
-                r#"{{"id":"a","date":"{outside}","amount":1}}"#
-            )]));
+            let (_, _, field, reason) =
+                record_error(&page_of(&[&format!(r#"{{"id":"a","date":"{outside}","amount":1}}"#)]));
             assert_eq!(field, "date");
-            assert_eq!(
-                reason,
-                format!("{outside} is outside the window 2024-01-01..2024-01-07")
-            );
+            assert_eq!(reason, format!("{outside} is outside the window 2024-01-01..2024-01-07"));
         }
         parse(&page_of(&[
             r#"{"id":"a","date":"2024-01-01","amount":1}"#,
@@ -599,10 +490,7 @@ mod tests {
         let message = parse(&page_of(&[SIMULATOR_RECORD, r#"{"id":"x-1","amount":1}"#]))
             .expect_err("second record has no date")
             .to_string();
-        assert_eq!(
-            message,
-            "invalid record at index 1 (id \"x-1\") in source response: date is missing or null"
-        );
+        assert_eq!(message, "invalid record at index 1 (id \"x-1\") in source response: date is missing or null");
     }
 
     #[test]
@@ -611,19 +499,15 @@ mod tests {
             let (index, _, field, _) = record_error(&page_of(&[record]));
             assert_eq!((index, field), (0, "record"), "{record}");
         }
-        let (_, _, field, reason) =
-            record_error(&page_of(&[r#"{"id":"a","id":"b","date":"2024-01-02"}"#]));
+        let (_, _, field, reason) = record_error(&page_of(&[r#"{"id":"a","id":"b","date":"2024-01-02"}"#]));
         assert_eq!(field, "record");
         assert!(reason.contains("duplicate field `id`"), "{reason}");
     }
 
     #[test]
     fn escapes_jsonb_refuses_are_invalid_and_the_rest_are_kept() {
-        let record = |note: &str| {
-            page_of(&[&format!(
-                r#"{{"id":"a","date":"2024-01-02","amount":1,"note":"{note}"}}"#
-            )])
-        };
+        let record =
+            |note: &str| page_of(&[&format!(r#"{{"id":"a","date":"2024-01-02","amount":1,"note":"{note}"}}"#)]);
         for (note, expected) in [
             (r"x\u0000y", "contains \\u0000"),
             (r"\ud83d", "contains an unpaired \\u surrogate"),
@@ -636,12 +520,7 @@ mod tests {
             assert_eq!((id.as_deref(), field), (Some("a"), "record"), "{note}");
             assert!(reason.starts_with(expected), "{note}: {reason}");
         }
-        for note in [
-            r"x\\u0000y",
-            r"\ud83d\ude00",
-            r#"\u00e9\n\t\\\""#,
-            r"\\ud800",
-        ] {
+        for note in [r"x\\u0000y", r"\ud83d\ude00", r#"\u00e9\n\t\\\""#, r"\\ud800"] {
             let body = record(note);
             let page = parse(&body).unwrap_or_else(|e| panic!("{note}: {e}"));
             assert!(page.records[0].payload.contains(note), "{note}");
@@ -653,51 +532,27 @@ mod tests {
         let body = page_of(&[SIMULATOR_RECORD, SIMULATOR_RECORD]);
         let cut = &body[..body.len() / 2];
         match parse(cut) {
-            Err(FetchError::MalformedJson {
-                line,
-                column,
-                ref detail,
-                ..
-            }) => {
+            Err(FetchError::MalformedJson { line, column, ref detail, .. }) => {
                 assert_eq!(line, 1);
                 assert!(column > 100, "{column}");
-                assert!(
-                    detail.contains(&format!("line 1 column {column}")),
-                    "{detail}"
-                );
+                assert!(detail.contains(&format!("line 1 column {column}")), "{detail}");
             }
             other => panic!("expected malformed JSON, got {other:?}"),
         }
-        let message = parse("{\"data\": [\n  {\"id\": \"a\",,}]}")
-            .expect_err("syntax")
-            .to_string();
-        assert!(
-            message.starts_with("malformed JSON in source response: "),
-            "{message}"
-        );
+        let message = parse("{\"data\": [\n  {\"id\": \"a\",,}]}").expect_err("syntax").to_string();
+        assert!(message.starts_with("malformed JSON in source response: "), "{message}");
         assert!(message.contains("line 2 column"), "{message}");
-        assert!(matches!(
-            parse("{\"data\":[]} trailing"),
-            Err(FetchError::MalformedJson { .. })
-        ));
+        assert!(matches!(parse("{\"data\":[]} trailing"), Err(FetchError::MalformedJson { .. })));
         assert!(matches!(parse(""), Err(FetchError::MalformedJson { .. })));
         match parse_page(b"{\"data\":[\n\"\xff\"]}", &window()) {
-            Err(FetchError::MalformedJson {
-                line: 2, column: 2, ..
-            }) => {}
+            Err(FetchError::MalformedJson { line: 2, column: 2, .. }) => {}
             other => panic!("expected invalid UTF-8 at 2:2, got {other:?}"),
         }
     }
 
     #[test]
     fn wrong_shape_is_an_invalid_page() {
-        for body in [
-            r#"[]"#,
-            r#"{"records":[]}"#,
-            r#"{"data":{}}"#,
-            r#"{"data":null}"#,
-            r#"{"data":[],"data":[]}"#,
-        ] {
+        for body in [r#"[]"#, r#"{"records":[]}"#, r#"{"data":{}}"#, r#"{"data":null}"#, r#"{"data":[],"data":[]}"#] {
             match parse(body) {
                 Err(FetchError::InvalidPage { reason, .. }) => {
                     assert!(reason.contains("line 1 column"), "{body}: {reason}")
@@ -719,32 +574,21 @@ mod tests {
         for (token, expected) in cases {
             match parse(&format!(r#"{{"data":[],"next_page_token":{token}}}"#)) {
                 Err(FetchError::InvalidPage { reason, .. }) => {
-                    assert!(
-                        reason.starts_with(&format!("next_page_token {expected}")),
-                        "{token}: {reason}"
-                    );
+                    assert!(reason.starts_with(&format!("next_page_token {expected}")), "{token}: {reason}");
                 }
                 other => panic!("{token}: expected invalid page, got {other:?}"),
             }
         }
         let longest = "t".repeat(MAX_PAGE_TOKEN_BYTES);
-        let page =
-            parse(&format!(r#"{{"data":[],"next_page_token":"{longest}"}}"#)).expect("1024 bytes");
+        let page = parse(&format!(r#"{{"data":[],"next_page_token":"{longest}"}}"#)).expect("1024 bytes");
         assert_eq!(page.next_page_token.as_deref(), Some(longest.as_str()));
     }
 
     #[test]
     fn a_token_that_points_back_at_itself_is_refused() {
-        let request = PageRequest {
-            page_token: Some("p3"),
-            ..window()
-        };
+        let request = PageRequest { page_token: Some("p3"), ..window() };
         let err = parse_page(br#"{"data":[],"next_page_token":"p3"}"#, &request).expect_err("loop");
-        assert!(
-            err.to_string()
-                .contains("repeats the token of this request"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("repeats the token of this request"), "{err}");
     }
 
     #[test]
@@ -774,11 +618,8 @@ mod tests {
             r#"{"id":"a","date":"2024-01-04","amount":4}"#,
         ]))
         .expect("page");
-        let kept: Vec<(&str, Option<&str>)> = page
-            .records
-            .iter()
-            .map(|r| (r.id.as_str(), r.amount.as_deref()))
-            .collect();
+        let kept: Vec<(&str, Option<&str>)> =
+            page.records.iter().map(|r| (r.id.as_str(), r.amount.as_deref())).collect();
         assert_eq!(kept, [("a", Some("4")), ("b", Some("2"))]);
         assert_eq!(page.duplicate_ids, 2);
     }
@@ -786,8 +627,7 @@ mod tests {
     #[test]
     fn quoted_server_text_is_cut_short() {
         let junk = "y".repeat(5000);
-        let (_, _, _, reason) =
-            record_error(&page_of(&[&format!(r#"{{"id":"a","date":"{junk}"}}"#)]));
+        let (_, _, _, reason) = record_error(&page_of(&[&format!(r#"{{"id":"a","date":"{junk}"}}"#)]));
         assert!(reason.len() < 100, "{reason}");
     }
 }

@@ -51,11 +51,7 @@ impl Simulator {
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
         let read = stdout.read_line(&mut line);
-        let Some(address) = line
-            .trim_end()
-            .strip_prefix("listening on ")
-            .map(str::to_owned)
-        else {
+        let Some(address) = line.trim_end().strip_prefix("listening on ").map(str::to_owned) else {
             let _ = child.kill();
             panic!("simulator did not say where it listens: {read:?} {line:?}");
         };
@@ -68,16 +64,8 @@ impl Simulator {
     }
 
     fn get(&self, path: &str) -> Value {
-        let response = self
-            .control
-            .get(format!("{}{path}", self.base_url))
-            .send()
-            .expect("GET");
-        assert!(
-            response.status().is_success(),
-            "GET {path}: {}",
-            response.status()
-        );
+        let response = self.control.get(format!("{}{path}", self.base_url)).send().expect("GET");
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
         serde_json::from_slice(&response.bytes().expect("body")).expect("JSON")
     }
 
@@ -89,11 +77,7 @@ impl Simulator {
             .body(body.to_string())
             .send()
             .expect("POST");
-        assert!(
-            response.status().is_success(),
-            "POST {path} {body}: {}",
-            response.status()
-        );
+        assert!(response.status().is_success(), "POST {path} {body}: {}", response.status());
         serde_json::from_slice(&response.bytes().expect("body")).expect("JSON")
     }
 
@@ -135,13 +119,7 @@ fn day(text: &str) -> NaiveDate {
 }
 
 fn week<'a>(store_code: &'a str, stream: &'a str) -> PageRequest<'a> {
-    PageRequest {
-        store_code,
-        stream,
-        from: day("2024-01-01"),
-        to: day("2024-01-07"),
-        page_token: None,
-    }
+    PageRequest { store_code, stream, from: day("2024-01-01"), to: day("2024-01-07"), page_token: None }
 }
 
 fn never() -> bool {
@@ -150,9 +128,7 @@ fn never() -> bool {
 
 /// Exact cents of a two-decimal amount text such as "-12.05" (no float involved).
 fn cents(amount: &str) -> i128 {
-    let (sign, digits) = amount
-        .strip_prefix('-')
-        .map_or((1, amount), |rest| (-1, rest));
+    let (sign, digits) = amount.strip_prefix('-').map_or((1, amount), |rest| (-1, rest));
     let (units, fraction) = digits.split_once('.').unwrap_or((digits, ""));
     assert!(fraction.len() <= 2, "unexpected amount {amount}");
     let units: i128 = units.parse().expect("units");
@@ -163,10 +139,7 @@ fn cents(amount: &str) -> i128 {
 /// The error of a fetch that must fail; a page is summarised, not dumped.
 fn error_of(result: Result<Page, FetchError>) -> FetchError {
     match result {
-        Ok(page) => panic!(
-            "expected an error, got a page of {} records",
-            page.records.len()
-        ),
+        Ok(page) => panic!("expected an error, got a page of {} records", page.records.len()),
         Err(e) => e,
     }
 }
@@ -177,13 +150,7 @@ fn fetch_window(client: &SourceClient, request: PageRequest<'_>) -> Vec<Page> {
     let mut token: Option<String> = None;
     loop {
         let page = client
-            .fetch_page(
-                &PageRequest {
-                    page_token: token.as_deref(),
-                    ..request
-                },
-                &never,
-            )
+            .fetch_page(&PageRequest { page_token: token.as_deref(), ..request }, &never)
             .unwrap_or_else(|e| panic!("page {}: {e}", pages.len()));
         token = page.next_page_token.clone();
         pages.push(page);
@@ -197,50 +164,24 @@ fn fetch_window(client: &SourceClient, request: PageRequest<'_>) -> Vec<Page> {
 #[test]
 fn full_window_follows_page_tokens_and_matches_truth() {
     let sim = Simulator::start(&["--token", "sim-token-1"]);
-    let client = SourceClient::new(SourceSettings {
-        token: Some("sim-token-1".into()),
-        page_size: 37,
-        ..sim.settings()
-    })
-    .expect("client");
-    let request = PageRequest {
-        to: day("2024-01-10"),
-        ..week("S001", "orders")
-    };
+    let client =
+        SourceClient::new(SourceSettings { token: Some("sim-token-1".into()), page_size: 37, ..sim.settings() })
+            .expect("client");
+    let request = PageRequest { to: day("2024-01-10"), ..week("S001", "orders") };
     let pages = fetch_window(&client, request);
     let records: Vec<_> = pages.iter().flat_map(|p| &p.records).collect();
 
     let truth = sim.get("/_truth/stores/S001/orders?from=2024-01-01&to=2024-01-10&ids=true");
-    let truth_ids: Vec<&str> = truth["ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let truth_ids: Vec<&str> = truth["ids"].as_array().expect("ids").iter().filter_map(Value::as_str).collect();
     let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, truth_ids);
-    assert_eq!(
-        records.len() as u64,
-        truth["count"].as_u64().expect("count")
-    );
-    let sum: i128 = records
-        .iter()
-        .filter_map(|r| r.amount.as_deref())
-        .map(cents)
-        .sum();
-    assert_eq!(
-        sum,
-        cents(truth["amount_sum"].as_str().expect("amount_sum"))
-    );
-    assert!(
-        records.iter().any(|r| r.amount.is_none()),
-        "the simulator sends some null amounts"
-    );
+    assert_eq!(records.len() as u64, truth["count"].as_u64().expect("count"));
+    let sum: i128 = records.iter().filter_map(|r| r.amount.as_deref()).map(cents).sum();
+    assert_eq!(sum, cents(truth["amount_sum"].as_str().expect("amount_sum")));
+    assert!(records.iter().any(|r| r.amount.is_none()), "the simulator sends some null amounts");
 
     assert_eq!(pages.len(), records.len().div_ceil(37));
-    assert!(pages
-        .iter()
-        .all(|p| p.attempts == 1 && p.body_bytes > 0 && p.duplicate_ids == 0));
+    assert!(pages.iter().all(|p| p.attempts == 1 && p.body_bytes > 0 && p.duplicate_ids == 0));
     for record in &records {
         let payload: Value = serde_json::from_str(&record.payload).expect("payload is JSON");
         assert_eq!(payload["id"], record.id.as_str());
@@ -248,20 +189,13 @@ fn full_window_follows_page_tokens_and_matches_truth() {
     }
     let log = sim.requests();
     assert_eq!(log["total"], pages.len());
-    assert!(log["recent"]
-        .as_array()
-        .expect("recent")
-        .iter()
-        .all(|r| r["authorization"] == true));
+    assert!(log["recent"].as_array().expect("recent").iter().all(|r| r["authorization"] == true));
 }
 
 #[test]
 fn no_token_sends_no_authorization_header() {
     let sim = Simulator::start(&[]);
-    let page = sim
-        .client()
-        .fetch_page(&week("S001", "sales"), &never)
-        .expect("page");
+    let page = sim.client().fetch_page(&week("S001", "sales"), &never).expect("page");
     assert_eq!(page.records.len(), 50);
     assert_eq!(sim.requests()["recent"][0]["authorization"], false);
 }
@@ -269,20 +203,11 @@ fn no_token_sends_no_authorization_header() {
 #[test]
 fn saved_cursor_resumes_with_a_new_client() {
     let sim = Simulator::start(&[]);
-    let first = sim
-        .client()
-        .fetch_page(&week("S002", "gst"), &never)
-        .expect("page 0");
+    let first = sim.client().fetch_page(&week("S002", "gst"), &never).expect("page 0");
     let token = first.next_page_token.expect("more pages");
-    let resumed = PageRequest {
-        page_token: Some(&token),
-        ..week("S002", "gst")
-    };
+    let resumed = PageRequest { page_token: Some(&token), ..week("S002", "gst") };
     let again = sim.client().fetch_page(&resumed, &never).expect("page 1");
-    let twice = sim
-        .client()
-        .fetch_page(&resumed, &never)
-        .expect("page 1 again");
+    let twice = sim.client().fetch_page(&resumed, &never).expect("page 1 again");
     assert_eq!(again.records, twice.records);
     assert!(again.records.iter().all(|r| !first.records.contains(r)));
 }
@@ -290,13 +215,8 @@ fn saved_cursor_resumes_with_a_new_client() {
 #[test]
 fn server_error_once_is_retried() {
     let sim = Simulator::start(&[]);
-    sim.fault(
-        json!({"store": "S001", "stream": "orders", "kind": "status", "status": 500, "times": 1}),
-    );
-    let page = sim
-        .client()
-        .fetch_page(&week("S001", "orders"), &never)
-        .expect("second attempt");
+    sim.fault(json!({"store": "S001", "stream": "orders", "kind": "status", "status": 500, "times": 1}));
+    let page = sim.client().fetch_page(&week("S001", "orders"), &never).expect("second attempt");
     assert_eq!(page.attempts, 2);
     assert_eq!(page.records.len(), 50);
     assert_eq!(sim.requests()["by_status"], json!({"200": 1, "500": 1}));
@@ -318,21 +238,13 @@ fn server_errors_until_the_last_attempt_report_status_and_attempts() {
 fn rate_limit_waits_for_retry_after() {
     let sim = Simulator::start(&[]);
     sim.fault(json!({"kind": "status", "status": 429, "retry_after": 1, "times": 1}));
-    let client = SourceClient::new(SourceSettings {
-        retry_base_delay: Duration::from_millis(1),
-        ..sim.settings()
-    })
-    .expect("client");
+    let client = SourceClient::new(SourceSettings { retry_base_delay: Duration::from_millis(1), ..sim.settings() })
+        .expect("client");
     let start = Instant::now();
-    let page = client
-        .fetch_page(&week("S001", "orders"), &never)
-        .expect("after Retry-After");
+    let page = client.fetch_page(&week("S001", "orders"), &never).expect("after Retry-After");
     let waited = start.elapsed();
     assert_eq!(page.attempts, 2);
-    assert!(
-        waited >= Duration::from_millis(990),
-        "retried after {waited:?}, before Retry-After: 1"
-    );
+    assert!(waited >= Duration::from_millis(990), "retried after {waited:?}, before Retry-After: 1");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
 }
 
@@ -341,19 +253,10 @@ fn not_found_and_bad_request_are_not_retried() {
     let sim = Simulator::start(&[]);
     let client = sim.client();
     let err = error_of(client.fetch_page(&week("S001", "Orders!"), &never));
-    assert_eq!(
-        err.to_string(),
-        "source answered HTTP 404 Not Found: unknown store path or stream (after 1 attempt)"
-    );
-    let garbage = PageRequest {
-        page_token: Some("garbage"),
-        ..week("S001", "orders")
-    };
+    assert_eq!(err.to_string(), "source answered HTTP 404 Not Found: unknown store path or stream (after 1 attempt)");
+    let garbage = PageRequest { page_token: Some("garbage"), ..week("S001", "orders") };
     let err = error_of(client.fetch_page(&garbage, &never));
-    assert_eq!(
-        err.to_string(),
-        "source answered HTTP 400 Bad Request: bad page_token (after 1 attempt)"
-    );
+    assert_eq!(err.to_string(), "source answered HTTP 400 Bad Request: bad page_token (after 1 attempt)");
     sim.fault(json!({"kind": "status", "status": 403, "times": 1}));
     let err = error_of(client.fetch_page(&week("S001", "orders"), &never));
     assert_eq!((err.http_status(), err.attempts()), (Some(403), 1));
@@ -373,16 +276,9 @@ fn timeout_is_retried_then_reported() {
     .expect("client");
     let start = Instant::now();
     let err = error_of(client.fetch_page(&week("S001", "orders"), &never));
-    assert_eq!(
-        err.to_string(),
-        "timed out waiting for the response after 200 ms (after 2 attempts)"
-    );
+    assert_eq!(err.to_string(), "timed out waiting for the response after 200 ms (after 2 attempts)");
     assert!(err.is_retryable());
-    assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
     assert_eq!(sim.requests()["total"], 2);
 }
 
@@ -390,10 +286,7 @@ fn timeout_is_retried_then_reported() {
 fn slow_page_within_the_read_timeout_is_fine() {
     let sim = Simulator::start(&[]);
     sim.fault(json!({"kind": "slow", "delay_ms": 300, "times": 1}));
-    let page = sim
-        .client()
-        .fetch_page(&week("S001", "orders"), &never)
-        .expect("slow page");
+    let page = sim.client().fetch_page(&week("S001", "orders"), &never).expect("slow page");
     assert_eq!(page.attempts, 1);
 }
 
@@ -403,22 +296,14 @@ fn malformed_page_fails_with_line_and_column() {
     sim.fault(json!({"kind": "malformed", "times": 1}));
     let err = error_of(sim.client().fetch_page(&week("S001", "orders"), &never));
     match &err {
-        FetchError::MalformedJson {
-            line,
-            column,
-            attempts,
-            ..
-        } => {
+        FetchError::MalformedJson { line, column, attempts, .. } => {
             assert_eq!((*line, *attempts), (1, 1));
             assert!(*column > 1000, "{column}");
         }
         other => panic!("expected malformed JSON, got {other:?}"),
     }
     let message = err.to_string();
-    assert!(
-        message.starts_with("malformed JSON in source response: EOF while parsing"),
-        "{message}"
-    );
+    assert!(message.starts_with("malformed JSON in source response: EOF while parsing"), "{message}");
     assert!(message.contains("at line 1 column"), "{message}");
 }
 
@@ -438,48 +323,22 @@ fn bad_record_fails_naming_the_record() {
 fn huge_body_fails_at_the_size_limit_without_reading_it_all() {
     let sim = Simulator::start(&[]);
     sim.fault(json!({"kind": "huge", "times": 1})); // 64 MiB, chunked, no Content-Length
-    let client = SourceClient::new(SourceSettings {
-        max_response_bytes: 1 << 20,
-        ..sim.settings()
-    })
-    .expect("client");
+    let client = SourceClient::new(SourceSettings { max_response_bytes: 1 << 20, ..sim.settings() }).expect("client");
     let start = Instant::now();
     let err = error_of(client.fetch_page(&week("S001", "orders"), &never));
-    assert_eq!(
-        err,
-        FetchError::TooLarge {
-            limit: 1 << 20,
-            content_length: None,
-            attempts: 1
-        }
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
+    assert_eq!(err, FetchError::TooLarge { limit: 1 << 20, content_length: None, attempts: 1 });
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
 }
 
 #[test]
 fn declared_content_length_over_the_limit_is_refused_before_reading() {
     let sim = Simulator::start(&[]);
-    let client = SourceClient::new(SourceSettings {
-        page_size: 1000,
-        max_response_bytes: 64 * 1024,
-        ..sim.settings()
-    })
-    .expect("client");
+    let client = SourceClient::new(SourceSettings { page_size: 1000, max_response_bytes: 64 * 1024, ..sim.settings() })
+        .expect("client");
     // 1000 records of about 166 bytes.
-    let quarter = PageRequest {
-        to: day("2024-03-31"),
-        ..week("S001", "orders")
-    };
+    let quarter = PageRequest { to: day("2024-03-31"), ..week("S001", "orders") };
     match error_of(client.fetch_page(&quarter, &never)) {
-        FetchError::TooLarge {
-            limit: 65_536,
-            content_length: Some(n),
-            attempts: 1,
-        } => assert!(n > 65_536),
+        FetchError::TooLarge { limit: 65_536, content_length: Some(n), attempts: 1 } => assert!(n > 65_536),
         other => panic!("expected a declared size error, got {other:?}"),
     }
 }
@@ -487,21 +346,12 @@ fn declared_content_length_over_the_limit_is_refused_before_reading() {
 #[test]
 fn wrong_token_is_a_401_that_never_shows_the_token() {
     let sim = Simulator::start(&["--token", "the-right-one"]);
-    let client = SourceClient::new(SourceSettings {
-        token: Some("wrong-s3cret-value".into()),
-        ..sim.settings()
-    })
-    .expect("client");
+    let client = SourceClient::new(SourceSettings { token: Some("wrong-s3cret-value".into()), ..sim.settings() })
+        .expect("client");
     let err = error_of(client.fetch_page(&week("S001", "orders"), &never));
     let message = err.to_string();
-    assert_eq!(
-        message,
-        "source answered HTTP 401 Unauthorized: missing or wrong bearer token (after 1 attempt)"
-    );
-    assert!(
-        !message.contains("wrong-s3cret-value")
-            && !format!("{err:?}").contains("wrong-s3cret-value")
-    );
+    assert_eq!(message, "source answered HTTP 401 Unauthorized: missing or wrong bearer token (after 1 attempt)");
+    assert!(!message.contains("wrong-s3cret-value") && !format!("{err:?}").contains("wrong-s3cret-value"));
 }
 
 #[test]
@@ -522,20 +372,10 @@ fn stop_during_backoff_cancels_quickly() {
     let start = Instant::now();
     let err = error_of(client.fetch_page(&week("S001", "orders"), &stop_on_fifth_poll));
     assert_eq!(err, FetchError::Cancelled { attempts: 1 });
-    assert_eq!(
-        err.to_string(),
-        "fetch stopped on request (after 1 attempt)"
-    );
+    assert_eq!(err.to_string(), "fetch stopped on request (after 1 attempt)");
     let reaction = stopped_at.get().expect("stop was requested").elapsed();
-    assert!(
-        reaction < Duration::from_millis(250),
-        "returned {reaction:?} after the stop request"
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(reaction < Duration::from_millis(250), "returned {reaction:?} after the stop request");
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
     assert_eq!(sim.requests()["total"], 1);
 }
 
@@ -551,21 +391,11 @@ fn stop_before_the_first_attempt_sends_nothing() {
 fn hostile_store_code_is_one_path_segment_on_the_wire() {
     let sim = Simulator::start(&[]);
     let store = "../S001?x=1#y";
-    let page = sim
-        .client()
-        .fetch_page(&week(store, "orders"), &never)
-        .expect("page");
-    assert!(
-        page.records[0].id.starts_with("orders-../S001?x=1#y-"),
-        "{}",
-        page.records[0].id
-    );
+    let page = sim.client().fetch_page(&week(store, "orders"), &never).expect("page");
+    assert!(page.records[0].id.starts_with("orders-../S001?x=1#y-"), "{}", page.records[0].id);
     let logged = &sim.requests()["recent"][0];
     assert_eq!(logged["path"], "/v1/stores/..%2FS001%3Fx=1%23y/orders");
-    assert_eq!(
-        logged["query"],
-        "from=2024-01-01&to=2024-01-07&page_size=50"
-    );
+    assert_eq!(logged["query"], "from=2024-01-01&to=2024-01-07&page_size=50");
 }
 
 #[test]
@@ -586,20 +416,11 @@ fn connection_refused_is_retried_then_reported() {
     })
     .expect("client");
     let err = error_of(client.fetch_page(&week("S001", "orders"), &never));
-    assert!(
-        matches!(err, FetchError::Connect { attempts: 3, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, FetchError::Connect { attempts: 3, .. }), "{err:?}");
     let message = err.to_string();
-    assert!(
-        message.starts_with("cannot connect to the source: "),
-        "{message}"
-    );
+    assert!(message.starts_with("cannot connect to the source: "), "{message}");
     assert!(message.ends_with("(after 3 attempts)"), "{message}");
-    assert!(
-        !message.contains("127.0.0.1:"),
-        "no URL in the message: {message}"
-    );
+    assert!(!message.contains("127.0.0.1:"), "no URL in the message: {message}");
 }
 
 /// A server that answers each connection with the next canned response, with `{auth}`
@@ -623,10 +444,7 @@ fn echo_server(responses: Vec<(&'static str, String)>) -> String {
             let head = String::from_utf8_lossy(&head);
             let auth = head
                 .lines()
-                .find_map(|l| {
-                    l.strip_prefix("authorization: ")
-                        .or_else(|| l.strip_prefix("Authorization: "))
-                })
+                .find_map(|l| l.strip_prefix("authorization: ").or_else(|| l.strip_prefix("Authorization: ")))
                 .unwrap_or("")
                 .to_owned();
             let body = body_template.replace("{auth}", &auth);
@@ -648,24 +466,10 @@ fn hostile_server_echoing_the_token_never_leaks_it() {
     let base_url = echo_server(vec![
         ("503 Service Unavailable", "plain echo: {auth}".to_owned()),
         // The header as a JSON string: a snippet is the decoded `error` text.
-        (
-            "400 Bad Request",
-            format!(r#"{{"error": "you sent Bearer {escaped}"}}"#),
-        ),
-        (
-            "200 OK",
-            format!(
-                r#"{{"data":[{{"id":"{escaped}","date":"1999-01-01"}}],"next_page_token":null}}"#
-            ),
-        ),
-        (
-            "200 OK",
-            format!(r#"{{"data":[],"next_page_token":17,"{escaped}":1}}"#),
-        ),
-        (
-            "200 OK",
-            format!(r#"{{"data":[{{"id":"a","date":"2024-01-02","amount":"Bearer {escaped}"}}]}}"#),
-        ),
+        ("400 Bad Request", format!(r#"{{"error": "you sent Bearer {escaped}"}}"#)),
+        ("200 OK", format!(r#"{{"data":[{{"id":"{escaped}","date":"1999-01-01"}}],"next_page_token":null}}"#)),
+        ("200 OK", format!(r#"{{"data":[],"next_page_token":17,"{escaped}":1}}"#)),
+        ("200 OK", format!(r#"{{"data":[{{"id":"a","date":"2024-01-02","amount":"Bearer {escaped}"}}]}}"#)),
         ("200 OK", format!(r#"{{"data":[], "x": "{escaped}" oops"#)),
     ]);
     let client = SourceClient::new(SourceSettings {
@@ -686,9 +490,7 @@ fn hostile_server_echoing_the_token_never_leaks_it() {
         messages.push(format!("{err} | {err:?}"));
     }
     assert!(
-        messages[0].starts_with(
-            "source answered HTTP 400 Bad Request: you sent Bearer [redacted] (after 2 attempts)"
-        ),
+        messages[0].starts_with("source answered HTTP 400 Bad Request: you sent Bearer [redacted] (after 2 attempts)"),
         "{}",
         messages[0]
     );

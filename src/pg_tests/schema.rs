@@ -19,12 +19,15 @@ mod tests {
             .expect("uc_orders_sync missing");
         assert_ne!(td, uc);
         assert_eq!(
-            Spi::get_one::<String>("SELECT sync_group FROM orders_sync.pipelines WHERE code = 'td_orders_sync'").unwrap(),
+            Spi::get_one::<String>("SELECT sync_group FROM orders_sync.pipelines WHERE code = 'td_orders_sync'")
+                .unwrap(),
             Some("TD".to_string())
         );
         assert_eq!(
-            Spi::get_one::<String>("SELECT array_to_string(streams, ',') FROM orders_sync.pipelines WHERE code = 'uc_orders_sync'")
-                .unwrap(),
+            Spi::get_one::<String>(
+                "SELECT array_to_string(streams, ',') FROM orders_sync.pipelines WHERE code = 'uc_orders_sync'"
+            )
+            .unwrap(),
             Some("gst".to_string())
         );
     }
@@ -119,12 +122,16 @@ mod tests {
         assert_eq!(moved, Some(true));
     }
 
-    #[pg_test(error = "new row for relation \"orders_sync_log\" violates check constraint \"orders_sync_log_status_known\"")]
+    #[pg_test(
+        error = "new row for relation \"orders_sync_log\" violates check constraint \"orders_sync_log_status_known\""
+    )]
     fn log_rejects_an_unknown_status() {
         insert_run_and_log("done");
     }
 
-    #[pg_test(error = "new row for relation \"orders_sync_log\" violates check constraint \"orders_sync_log_window_ordered\"")]
+    #[pg_test(
+        error = "new row for relation \"orders_sync_log\" violates check constraint \"orders_sync_log_window_ordered\""
+    )]
     fn log_rejects_a_reversed_window() {
         Spi::run(
             "INSERT INTO orders_sync.pipeline_run_summaries (run_id, pipeline_name, run_env) VALUES ('r2', 'x', 'test');
@@ -147,7 +154,8 @@ mod tests {
 
     #[pg_test(error = "invalid argument timezone: unknown time zone \"Mars/Olympus_Mons\"")]
     fn pipeline_rejects_an_unknown_timezone() {
-        Spi::run("UPDATE orders_sync.pipelines SET timezone = 'Mars/Olympus_Mons' WHERE code = 'td_orders_sync'").unwrap();
+        Spi::run("UPDATE orders_sync.pipelines SET timezone = 'Mars/Olympus_Mons' WHERE code = 'td_orders_sync'")
+            .unwrap();
     }
 
     #[pg_test]
@@ -158,12 +166,16 @@ mod tests {
             Some("Europe/Berlin".to_string())
         );
         assert_eq!(
-            count("SELECT count(*) FROM orders_sync.pipelines WHERE code = 'uc_orders_sync' AND updated_at > created_at"),
+            count(
+                "SELECT count(*) FROM orders_sync.pipelines WHERE code = 'uc_orders_sync' AND updated_at > created_at"
+            ),
             1
         );
     }
 
-    #[pg_test(error = "new row for relation \"store_master\" violates check constraint \"store_master_store_code_format\"")]
+    #[pg_test(
+        error = "new row for relation \"store_master\" violates check constraint \"store_master_store_code_format\""
+    )]
     fn store_master_rejects_a_hostile_store_code() {
         Spi::run("INSERT INTO orders_sync.store_master (store_code, sync_group, start_date) VALUES ('../x', 'TD', '2026-01-01')")
             .unwrap();
@@ -175,13 +187,17 @@ mod tests {
             .unwrap();
     }
 
-    #[pg_test(error = "new row for relation \"store_master\" violates check constraint \"store_master_sync_group_known\"")]
+    #[pg_test(
+        error = "new row for relation \"store_master\" violates check constraint \"store_master_sync_group_known\""
+    )]
     fn store_master_rejects_an_unknown_sync_group() {
         Spi::run("INSERT INTO orders_sync.store_master (store_code, sync_group, start_date) VALUES ('S001', 'XX', '2026-01-01')")
             .unwrap();
     }
 
-    #[pg_test(error = "new row for relation \"pipeline_run_summaries\" violates check constraint \"pipeline_run_summaries_finished_iff_not_running\"")]
+    #[pg_test(
+        error = "new row for relation \"pipeline_run_summaries\" violates check constraint \"pipeline_run_summaries_finished_iff_not_running\""
+    )]
     fn run_summary_cannot_be_finished_while_running() {
         Spi::run(
             "INSERT INTO orders_sync.pipeline_run_summaries (run_id, pipeline_name, run_env, finished_at)
@@ -199,9 +215,15 @@ mod tests {
              CROSS JOIN LATERAL unnest(p.streams) AS s(stream)",
         )
         .unwrap();
-        assert_eq!(count("SELECT count(*) FROM orders_sync.td_orders WHERE record_id = 'orders-1' AND amount = 10.50"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM orders_sync.td_orders WHERE record_id = 'orders-1' AND amount = 10.50"),
+            1
+        );
         assert_eq!(count("SELECT count(*) FROM orders_sync.td_sales WHERE record_id = 'sales-1'"), 1);
-        assert_eq!(count("SELECT count(*) FROM orders_sync.uc_gst WHERE record_id = 'gst-1' AND payload->>'id' = 'gst-1'"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM orders_sync.uc_gst WHERE record_id = 'gst-1' AND payload->>'id' = 'gst-1'"),
+            1
+        );
         assert_eq!(count("SELECT count(*) FROM orders_sync.td_orders"), 1);
     }
 
@@ -237,7 +259,9 @@ mod tests {
         Spi::run("SELECT count(*) FROM orders_sync.store_master").unwrap();
     }
 
-    #[pg_test(error = "new row for relation \"pipeline_credentials\" violates check constraint \"pipeline_credentials_token_format\"")]
+    #[pg_test(
+        error = "new row for relation \"pipeline_credentials\" violates check constraint \"pipeline_credentials_token_format\""
+    )]
     fn credentials_reject_a_header_injection() {
         Spi::run(
             "INSERT INTO orders_sync.pipeline_credentials (pipeline_id, api_token)
