@@ -8,7 +8,10 @@
 #                                  preloaded and the reference simulator over loopback
 #
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
-# Env: ORDERS_SYNC_WORK (scratch dir, default /var/tmp/orders_sync), ORDERS_SYNC_IT_PORT.
+# Env: ORDERS_SYNC_WORK (scratch dir, default /var/tmp/orders_sync), ORDERS_SYNC_IT_PORT,
+#      ORDERS_SYNC_ONLY (run only the steps whose name contains it, e.g. "integration"),
+#      ORDERS_SYNC_IT_ARGS (extra cargo test arguments for the integration step, e.g.
+#      "--test schedules").
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,9 +31,13 @@ chown postgres: "$work" 2>/dev/null || true
 
 steps=()
 failed=0
+only="${ORDERS_SYNC_ONLY:-}"
 step() {
   local name="$1"
   shift
+  if [ -n "$only" ] && [[ "$name" != *"$only"* ]]; then
+    return 0
+  fi
   printf '\n==> %s\n' "$name"
   if "$@" 2>&1 | tee -a "$log"; then
     steps+=("ok      $name")
@@ -41,8 +48,9 @@ step() {
 }
 
 # The extension .so is installed into the system PostgreSQL; concurrent installs (another
-# checkout's test run) would swap it under a running cluster, so installs hold this lock.
-locked() { flock "$work/pgrx.lock" "$@"; }
+# checkout's test run, whatever its scratch dir) would swap it under a running cluster, so
+# installs and the clusters that load them hold this machine-wide lock.
+locked() { flock /var/tmp/orders_sync-install.lock "$@"; }
 
 integration() {
   locked bash -c '
@@ -58,8 +66,8 @@ integration() {
     ORDERS_SYNC_TEST_DSN="$dsn" \
     ORDERS_SYNC_TEST_DIR="$1/it" \
     ORDERS_SYNC_SIMULATOR="$4/release/orders_sync_simulator" \
-      cargo test -p orders_sync_pg_test -- --test-threads=1
-  ' "$pg_config" "$work" "$it_port" "$it_db" "$target"
+      cargo test -p orders_sync_pg_test $5 -- --test-threads=1
+  ' "$pg_config" "$work" "$it_port" "$it_db" "$target" "${ORDERS_SYNC_IT_ARGS:-}"
 }
 
 # The README's first command, small: it must set everything up and end with a successful
