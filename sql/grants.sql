@@ -21,8 +21,9 @@ GRANT SELECT ON
     orders_sync.uc_gst
 TO orders_sync_monitor;
 
--- CHECK constraints call it, so every role that writes pipelines must be able to.
+-- CHECK constraints and schedule_profiler call them, so every role that writes must be able to.
 GRANT EXECUTE ON FUNCTION orders_sync.check_timezone(text) TO orders_sync_monitor;
+GRANT EXECUTE ON FUNCTION orders_sync.is_env_name(text) TO orders_sync_monitor;
 
 -- Admin (a member of monitor): configure pipelines, stores and credentials.
 GRANT INSERT, UPDATE, DELETE ON orders_sync.pipelines, orders_sync.store_master TO orders_sync_admin;
@@ -44,6 +45,8 @@ GRANT EXECUTE ON FUNCTION orders_sync.run_profiler(text, text, integer, integer,
 GRANT SELECT ON orders_sync.job_progress, orders_sync.store_freshness, orders_sync.run_history,
     orders_sync.stuck_candidates TO orders_sync_monitor;
 GRANT EXECUTE ON FUNCTION orders_sync.store_lock_held(text) TO orders_sync_monitor;
+GRANT EXECUTE ON FUNCTION orders_sync.worker_alive(integer) TO orders_sync_monitor;
+GRANT EXECUTE ON FUNCTION orders_sync.job_worker_gone(integer, timestamptz) TO orders_sync_monitor;
 GRANT EXECUTE ON FUNCTION orders_sync.prune_history(interval) TO orders_sync_admin;
 GRANT EXECUTE ON FUNCTION orders_sync.reset_stuck_runs(interval) TO orders_sync_admin;
 

@@ -18,6 +18,41 @@ $$;
 COMMENT ON FUNCTION orders_sync.store_lock_held(text) IS
     'True while some orders_sync worker holds the per-store advisory lock of this store.';
 
+-- Whether the process with this pid is running: the one test of "is this worker alive".
+CREATE FUNCTION orders_sync.worker_alive(worker_pid integer) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = worker_pid)
+$$;
+
+COMMENT ON FUNCTION orders_sync.worker_alive(integer) IS
+    'True while a server process with this pid exists.';
+
+-- Whether the worker of a `running` job is gone, the one definition the launcher's healing,
+-- reset_stuck_runs and stuck_candidates share (docs/design.md, Healing). A job whose worker
+-- reported in is gone when that process is. A job the launcher claimed but whose worker never
+-- reported in (no worker_pid) is gone at once when the claim is older than this server
+-- (a crash-restart kills every worker) or than every running launcher (the one that claimed
+-- it has exited, and its worker with it); otherwise only after a minute, which covers a
+-- slow worker start.
+CREATE FUNCTION orders_sync.job_worker_gone(worker_pid integer, claimed_at timestamptz) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN worker_pid IS NOT NULL THEN NOT orders_sync.worker_alive(worker_pid)
+        ELSE claimed_at IS NULL
+             OR claimed_at < now() - interval '60 seconds'
+             OR claimed_at < pg_catalog.pg_postmaster_start_time()
+             OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                            WHERE a.backend_type = 'orders_sync launcher' AND a.backend_start <= claimed_at)
+    END
+$$;
+
+COMMENT ON FUNCTION orders_sync.job_worker_gone(integer, timestamptz) IS
+    'True when the worker of a running job (its worker_pid, or the launcher''s claim at claimed_at) is gone.';
+
 -- Live progress of each running or recent job (seed 002's v_ads_sync_progress_status).
 CREATE VIEW orders_sync.job_progress AS
 SELECT j.id AS job_id,
@@ -126,7 +161,7 @@ SELECT l.id AS log_id,
        l.created_at AS started_at,
        now() - coalesce(j.heartbeat_at, l.updated_at) AS since_heartbeat,
        j.worker_pid,
-       EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = j.worker_pid) AS worker_alive,
+       NOT orders_sync.job_worker_gone(j.worker_pid, j.heartbeat_at) AS worker_alive,
        orders_sync.store_lock_held(l.store_code) AS store_lock_held
 FROM orders_sync.orders_sync_log l
 JOIN orders_sync.pipelines p ON p.id = l.pipeline_id

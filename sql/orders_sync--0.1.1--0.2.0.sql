@@ -3,3 +3,67 @@
 
 -- Each change below also lives in the install scripts (sql/*.sql); the catalog-diff upgrade
 -- test (pg_test/tests/install.rs) compares "install 0.2.0" with "install 0.1.x, update".
+
+-- One home for every rule (issue 12): the env-name rule is written once, in Rust, and asked
+-- by the CHECK constraint and schedule_profiler.
+CREATE FUNCTION orders_sync."is_env_name"("env" TEXT) RETURNS bool
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'is_env_name_sql_wrapper';
+REVOKE ALL ON FUNCTION orders_sync.is_env_name(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION orders_sync.is_env_name(text) TO orders_sync_monitor;
+ALTER TABLE orders_sync.pipeline_run_summaries
+    DROP CONSTRAINT pipeline_run_summaries_run_env_format,
+    ADD CONSTRAINT pipeline_run_summaries_run_env_format CHECK (orders_sync.is_env_name(run_env));
+
+-- One definition of "dead" (issues 12 and 20): worker_alive and job_worker_gone, shared by
+-- the launcher's healing, reset_stuck_runs and stuck_candidates. A claim made before the
+-- server (re)started, or before every running launcher started, is dead at once.
+CREATE FUNCTION orders_sync.worker_alive(worker_pid integer) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = worker_pid)
+$$;
+
+COMMENT ON FUNCTION orders_sync.worker_alive(integer) IS
+    'True while a server process with this pid exists.';
+
+CREATE FUNCTION orders_sync.job_worker_gone(worker_pid integer, claimed_at timestamptz) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN worker_pid IS NOT NULL THEN NOT orders_sync.worker_alive(worker_pid)
+        ELSE claimed_at IS NULL
+             OR claimed_at < now() - interval '60 seconds'
+             OR claimed_at < pg_catalog.pg_postmaster_start_time()
+             OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                            WHERE a.backend_type = 'orders_sync launcher' AND a.backend_start <= claimed_at)
+    END
+$$;
+
+COMMENT ON FUNCTION orders_sync.job_worker_gone(integer, timestamptz) IS
+    'True when the worker of a running job (its worker_pid, or the launcher''s claim at claimed_at) is gone.';
+
+REVOKE ALL ON FUNCTION orders_sync.worker_alive(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION orders_sync.job_worker_gone(integer, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION orders_sync.worker_alive(integer) TO orders_sync_monitor;
+GRANT EXECUTE ON FUNCTION orders_sync.job_worker_gone(integer, timestamptz) TO orders_sync_monitor;
+
+CREATE OR REPLACE VIEW orders_sync.stuck_candidates AS
+SELECT l.id AS log_id,
+       l.run_id,
+       p.code AS pipeline,
+       l.store_code,
+       l.from_date,
+       l.to_date,
+       l.attempt_no,
+       l.created_at AS started_at,
+       now() - coalesce(j.heartbeat_at, l.updated_at) AS since_heartbeat,
+       j.worker_pid,
+       NOT orders_sync.job_worker_gone(j.worker_pid, j.heartbeat_at) AS worker_alive,
+       orders_sync.store_lock_held(l.store_code) AS store_lock_held
+FROM orders_sync.orders_sync_log l
+JOIN orders_sync.pipelines p ON p.id = l.pipeline_id
+LEFT JOIN orders_sync.sync_jobs j ON j.log_id = l.id
+WHERE l.status = 'running';

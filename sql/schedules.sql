@@ -147,7 +147,7 @@ DECLARE
     v_job_id   bigint;
 BEGIN
     PERFORM orders_sync.check_cron_schedule(schedule_profiler.schedule);
-    IF schedule_profiler.env IS NULL OR schedule_profiler.env !~ '^[A-Za-z0-9_.-]{1,32}$' THEN
+    IF schedule_profiler.env IS NULL OR NOT orders_sync.is_env_name(schedule_profiler.env) THEN
         RAISE EXCEPTION 'invalid argument env: must be 1 to 32 letters, digits, ''_'', ''.'' or ''-'''
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass the environment the runs are recorded under, e.g. env => ''prod''.';

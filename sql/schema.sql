@@ -137,7 +137,7 @@ CREATE TABLE orders_sync.pipeline_run_summaries (
         CONSTRAINT pipeline_run_summaries_run_id_format CHECK (run_id ~ '^[A-Za-z0-9_.:-]{1,64}$'),
     pipeline_name  TEXT NOT NULL,
     run_env        VARCHAR(32) NOT NULL
-        CONSTRAINT pipeline_run_summaries_run_env_format CHECK (run_env ~ '^[A-Za-z0-9_.-]{1,32}$'),
+        CONSTRAINT pipeline_run_summaries_run_env_format CHECK (orders_sync.is_env_name(run_env)),
     started_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     finished_at    TIMESTAMPTZ,
     report_date    DATE NOT NULL DEFAULT current_date,

@@ -1,7 +1,9 @@
-//! What "today" is for a pipeline: its own IANA time zone, never the server's.
+//! What "today" is for a pipeline (its own IANA time zone, never the server's), and the one
+//! place where dates cross between PostgreSQL's `date` and chrono's `NaiveDate`.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use chrono_tz::Tz;
+use pgrx::datum::Date;
 use pgrx::prelude::*;
 
 use crate::errors::SqlError;
@@ -15,6 +17,35 @@ pub fn parse_timezone(name: &str) -> Option<Tz> {
 /// The calendar date at `now` in `zone`.
 pub fn today_in(zone: Tz, now: DateTime<Utc>) -> NaiveDate {
     now.with_timezone(&zone).date_naive()
+}
+
+/// Day number of 2000-01-01 (PostgreSQL's date epoch) counted from 0001-01-01 as day 1.
+const PG_EPOCH_CE_DAYS: i64 = 730_120;
+
+/// Days since PostgreSQL's epoch (2000-01-01): how a `date` datum counts.
+pub fn pg_epoch_days(date: NaiveDate) -> i64 {
+    i64::from(date.num_days_from_ce()) - PG_EPOCH_CE_DAYS
+}
+
+/// The date `days` after PostgreSQL's epoch; `None` beyond chrono's range.
+pub fn from_pg_epoch_days(days: i64) -> Option<NaiveDate> {
+    i32::try_from(days + PG_EPOCH_CE_DAYS).ok().and_then(NaiveDate::from_num_days_from_ce_opt)
+}
+
+/// A `date` value as chrono's: `None` for ±infinity and beyond chrono's range (years past
+/// 262142). No call into the server.
+pub fn from_pg(date: Date) -> Option<NaiveDate> {
+    if !date.is_finite() {
+        return None;
+    }
+    from_pg_epoch_days(i64::from(date.to_pg_epoch_days()))
+}
+
+/// A chrono date as a `date` value, built without a call into the server (this runs for every
+/// record written). Every date orders_sync handles comes from a PostgreSQL date or lies
+/// within a window of such dates, so nothing saturates in practice.
+pub fn to_pg(date: NaiveDate) -> Date {
+    Date::saturating_from_raw(pg_epoch_days(date).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
 }
 
 /// Validates a pipeline's `timezone` column (used by its CHECK constraint). Raises a clear
@@ -40,6 +71,24 @@ mod tests {
         let vietnam = parse_timezone("Asia/Ho_Chi_Minh").unwrap();
         assert_eq!(today_in(vietnam, now), NaiveDate::from_ymd_opt(2026, 1, 7).unwrap());
         assert_eq!(today_in(chrono_tz::UTC, now), NaiveDate::from_ymd_opt(2026, 1, 6).unwrap());
+    }
+
+    #[test]
+    fn epoch_days_count_from_2000_01_01() {
+        let epoch = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap();
+        assert_eq!(pg_epoch_days(epoch), 0);
+        assert_eq!(pg_epoch_days(NaiveDate::from_ymd_opt(1999, 12, 31).unwrap()), -1);
+        let date = NaiveDate::from_ymd_opt(2026, 1, 7).unwrap();
+        assert_eq!(from_pg_epoch_days(pg_epoch_days(date)), Some(date));
+        assert_eq!(from_pg_epoch_days(i64::MAX), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn epoch_days_round_trip(days in -2_000_000i64..2_000_000) {
+            let date = from_pg_epoch_days(days).unwrap();
+            proptest::prop_assert_eq!(pg_epoch_days(date), days);
+        }
     }
 
     #[test]

@@ -5,11 +5,13 @@
 
 use pgrx::prelude::*;
 
+mod bgw;
 mod clock;
 mod errors;
 mod fetch;
 mod gucs;
 mod launcher;
+mod names;
 mod observe;
 mod orchestrate;
 mod outcome;
@@ -21,8 +23,9 @@ mod write;
 
 ::pgrx::pg_module_magic!(name, version);
 
-// Tables, indexes, triggers and built-in rows. Needs `check_timezone` for a CHECK constraint.
-extension_sql_file!("../sql/schema.sql", name = "schema", requires = [clock::check_timezone]);
+// Tables, indexes, triggers and built-in rows. Needs `check_timezone` and `is_env_name` for CHECK
+// constraints.
+extension_sql_file!("../sql/schema.sql", name = "schema", requires = [clock::check_timezone, names::is_env_name_sql]);
 // Typed per-stream views over the records store.
 extension_sql_file!("../sql/views.sql", name = "views", requires = ["schema"]);
 // Monitoring views and history pruning (the "observe" stage).

@@ -4,20 +4,21 @@
 use pgrx::prelude::*;
 use pgrx::spi::SpiResult;
 
-use crate::errors::SqlError;
+use crate::errors::{OrRaise, SqlError, SqlResult};
+use crate::outcome::STUCK_MESSAGE;
 use crate::queue;
-
-pub const STUCK_MESSAGE: &str = "Auto-reset: stuck in running state";
 
 /// kind ('window' | 'job' | 'run'), run_id, store_code, from_date, to_date, detail.
 type ResetRow = (String, String, Option<String>, Option<pgrx::datum::Date>, Option<pgrx::datum::Date>, String);
 
 /// `orders_sync.reset_stuck_runs(older_than)`: fails `running` log rows and jobs whose worker
-/// is gone — the store's advisory lock is free, the worker process (if known) has exited, and
-/// nothing was heard from it for `older_than` — then closes the runs left with nothing to do.
+/// is gone — the store's advisory lock is free, the worker is gone by the one definition the
+/// launcher also heals by (`orders_sync.job_worker_gone`), and nothing was heard from it for
+/// `older_than` — then closes the runs left with nothing to do.
 /// A window whose worker is alive holds its store's lock, so it is never touched, however
 /// long it runs. Returns one row per log row, job and run it reset.
 #[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::type_complexity)] // the SQL function's result columns, spelled out for pgrx
 fn reset_stuck_runs(
     older_than: default!(pgrx::datum::Interval, "'1 hour'"),
 ) -> TableIterator<
@@ -31,23 +32,21 @@ fn reset_stuck_runs(
         name!(detail, String),
     ),
 > {
-    let rows = reset(older_than).unwrap_or_else(|error| SqlError::internal(error.to_string()).raise());
-    TableIterator::new(rows)
+    TableIterator::new(reset(older_than).or_raise())
 }
 
-fn reset(older_than: pgrx::datum::Interval) -> SpiResult<Vec<ResetRow>> {
+fn reset(older_than: pgrx::datum::Interval) -> SqlResult<Vec<ResetRow>> {
+    let negative = Spi::get_one_with_args::<bool>("SELECT $1::interval < interval '0'", &[older_than.into()])?;
+    if negative.unwrap_or(false) {
+        return Err(SqlError::invalid_argument("older_than", "must not be negative")
+            .with_hint("Pass an interval such as '1 hour'; '0' resets every row whose worker is gone."));
+    }
+    Ok(reset_gone(older_than)?)
+}
+
+fn reset_gone(older_than: pgrx::datum::Interval) -> SpiResult<Vec<ResetRow>> {
     let mut rows = Vec::new();
     Spi::connect_mut(|client| {
-        let negative = client
-            .update("SELECT $1::interval < interval '0'", None, &[older_than.into()])?
-            .first()
-            .get::<bool>(1)?
-            .unwrap_or(false);
-        if negative {
-            SqlError::invalid_argument("older_than", "must not be negative")
-                .with_hint("Pass an interval such as '1 hour'; '0' resets every row whose worker is gone.")
-                .raise();
-        }
         // Log rows (and their jobs) whose worker is gone.
         let reset_logs = client.update(
             r#"
@@ -58,7 +57,7 @@ fn reset(older_than: pgrx::datum::Interval) -> SpiResult<Vec<ResetRow>> {
                 WHERE l.status = 'running'
                   AND coalesce(j.heartbeat_at, l.updated_at) < now() - $1::interval
                   AND NOT orders_sync.store_lock_held(l.store_code)
-                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = j.worker_pid)
+                  AND orders_sync.job_worker_gone(j.worker_pid, j.heartbeat_at)
                 FOR UPDATE OF l SKIP LOCKED
             ),
             jobs AS (
@@ -93,7 +92,7 @@ fn reset(older_than: pgrx::datum::Interval) -> SpiResult<Vec<ResetRow>> {
             WHERE j.status = 'running' AND j.log_id IS NULL
               AND coalesce(j.heartbeat_at, j.updated_at) < now() - $1::interval
               AND NOT orders_sync.store_lock_held(j.store_code)
-              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = j.worker_pid)
+              AND orders_sync.job_worker_gone(j.worker_pid, j.heartbeat_at)
             RETURNING j.run_id::text, j.store_code::text, j.from_date, j.to_date, format('job %s failed', j.id)
             "#,
             None,

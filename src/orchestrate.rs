@@ -8,23 +8,20 @@
 //! case nothing is created (no pile-up, seed 000).
 
 use chrono::{NaiveDate, Utc};
-use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::errors::SqlError;
+use crate::bgw::{self, in_transaction, WorkerRequest};
+use crate::clock;
+use crate::errors::{OrRaise, SqlError, SqlResult};
+use crate::outcome::{RunStatus, PLANNING_FAILED_KEY, STUCK_MESSAGE};
 use crate::plan::sql::{plan_selection, PlanParams, SyncGroup};
 use crate::queue;
-use crate::worker::in_transaction;
 use crate::write::Window;
 
 pub const PIPELINE_NAME: &str = "orders_sync_run_profiler";
-pub const STUCK_MESSAGE: &str = "Auto-reset: stuck in running state";
-/// A job the launcher marked running but whose worker never reported in (no `worker_pid`)
-/// is considered lost after this long.
-pub const UNSTARTED_GRACE_SECONDS: i32 = 60;
 
-/// What `run_profiler` hands its planner worker through `bgw_extra` (≤ 127 bytes).
+/// What `run_profiler` hands its planner worker (`bgw::WorkerRequest`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfilerRequest {
     pub run_id: String,
@@ -38,28 +35,26 @@ pub struct ProfilerRequest {
     pub as_of: Option<NaiveDate>,
 }
 
-impl ProfilerRequest {
-    pub const MAX_ENCODED: usize = 127;
+impl WorkerRequest for ProfilerRequest {
+    const KIND: &'static str = "run_profiler planner";
+    const FUNCTION: &'static str = "orders_sync_planner_worker";
 
-    pub fn encode(&self) -> String {
-        format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            self.run_id,
-            self.env,
-            self.sync_group,
-            self.window_days,
-            self.overlap_days,
-            self.max_workers,
-            u8::from(self.force),
-            self.store_code.as_deref().unwrap_or(""),
-            self.as_of.map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default(),
-        )
+    fn fields(&self) -> Vec<String> {
+        vec![
+            self.run_id.clone(),
+            self.env.clone(),
+            self.sync_group.clone(),
+            self.window_days.to_string(),
+            self.overlap_days.to_string(),
+            self.max_workers.to_string(),
+            u8::from(self.force).to_string(),
+            self.store_code.clone().unwrap_or_default(),
+            self.as_of.map(bgw::encode_date).unwrap_or_default(),
+        ]
     }
 
-    pub fn decode(text: &str) -> Option<ProfilerRequest> {
-        let fields: Vec<&str> = text.split('\t').collect();
-        let [run_id, env, group, window_days, overlap_days, max_workers, force, store, as_of] = fields.as_slice()
-        else {
+    fn from_fields(fields: &[&str]) -> Option<Self> {
+        let [run_id, env, group, window_days, overlap_days, max_workers, force, store, as_of] = fields else {
             return None;
         };
         Some(ProfilerRequest {
@@ -71,10 +66,12 @@ impl ProfilerRequest {
             max_workers: max_workers.parse().ok()?,
             force: *force == "1",
             store_code: (!store.is_empty()).then(|| store.to_string()),
-            as_of: if as_of.is_empty() { None } else { Some(NaiveDate::parse_from_str(as_of, "%Y-%m-%d").ok()?) },
+            as_of: if as_of.is_empty() { None } else { Some(bgw::decode_date(as_of)?) },
         })
     }
+}
 
+impl ProfilerRequest {
     /// The run's `parameters` jsonb; `sync_group` and `store_code` identify its selection.
     pub fn parameters_json(&self) -> String {
         serde_json::json!({
@@ -89,7 +86,7 @@ impl ProfilerRequest {
         .to_string()
     }
 
-    fn plan_params(&self) -> Result<PlanParams, SqlError> {
+    fn plan_params(&self) -> SqlResult<PlanParams> {
         PlanParams::from_sql_args(
             Some(&self.env),
             Some(&self.sync_group),
@@ -97,21 +94,9 @@ impl ProfilerRequest {
             Some(self.overlap_days as i32),
             Some(self.force),
             self.store_code.as_deref(),
-            self.as_of.map(pg_date),
+            self.as_of.map(clock::to_pg),
         )
     }
-}
-
-fn pg_date(date: NaiveDate) -> pgrx::datum::Date {
-    use chrono::Datelike;
-    pgrx::datum::Date::new(date.year(), date.month() as u8, date.day() as u8).expect("a chrono date is a valid date")
-}
-
-fn naive(date: pgrx::datum::Date) -> Option<NaiveDate> {
-    if !date.is_finite() {
-        return None;
-    }
-    NaiveDate::from_ymd_opt(date.year(), date.month() as u32, date.day() as u32)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -119,18 +104,15 @@ fn naive(date: pgrx::datum::Date) -> Option<NaiveDate> {
 // inside a transaction owned by its caller.
 // ---------------------------------------------------------------------------------------
 
-/// Fails `running` jobs (and their log rows) whose worker is gone: a `worker_pid` no longer
-/// in pg_stat_activity, or none reported long after the launcher handed the job out.
-/// `run_id = None` looks at every run. Returns how many were reset.
+/// Fails `running` jobs (and their log rows) whose worker is gone, by the one definition of
+/// gone (`orders_sync.job_worker_gone`, docs/design.md, Healing). `run_id = None` looks at
+/// every run. Returns how many were reset.
 pub fn reset_dead_jobs(run_id: Option<&str>) -> pgrx::spi::SpiResult<i64> {
     Spi::get_one_with_args::<i64>(
         "WITH dead AS (
              SELECT j.id, j.log_id FROM orders_sync.sync_jobs j
              WHERE j.status = 'running' AND ($1::text IS NULL OR j.run_id = $1)
-               AND CASE WHEN j.worker_pid IS NULL
-                        THEN j.heartbeat_at < now() - make_interval(secs => $3)
-                        ELSE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = j.worker_pid)
-                   END
+               AND orders_sync.job_worker_gone(j.worker_pid, j.heartbeat_at)
              FOR UPDATE OF j SKIP LOCKED
          ),
          logs AS (
@@ -144,7 +126,7 @@ pub fn reset_dead_jobs(run_id: Option<&str>) -> pgrx::spi::SpiResult<i64> {
              RETURNING j.id
          )
          SELECT count(*) FROM jobs",
-        &[run_id.into(), STUCK_MESSAGE.into(), UNSTARTED_GRACE_SECONDS.into()],
+        &[run_id.into(), STUCK_MESSAGE.into()],
     )
     .map(|n| n.unwrap_or(0))
 }
@@ -246,7 +228,7 @@ enum Planned {
 }
 
 /// In one transaction: the (env, selection) lock, the pile-up check, the run row and its jobs.
-fn plan_run(request: &ProfilerRequest) -> Result<Planned, pgrx::spi::Error> {
+fn plan_run(request: &ProfilerRequest) -> SqlResult<Planned> {
     // Held until commit: a second planner of the same selection waits here and then sees
     // this run (and its jobs) committed.
     Spi::run_with_args(
@@ -261,12 +243,12 @@ fn plan_run(request: &ProfilerRequest) -> Result<Planned, pgrx::spi::Error> {
             return Ok(Planned::AlreadyActive(run_id));
         }
     }
-    // Raised ERRORs are caught by in_transaction and recorded as the run's failure.
+    // An error rolls the transaction back and is recorded as the run's failure.
     let params = request
         .plan_params()
-        .unwrap_or_else(|error| pgrx::error!("orders_sync planner: invalid request: {}", error.message));
+        .map_err(|error| SqlError::internal(format!("orders_sync planner: invalid request: {}", error.message)))?;
     let rows = Spi::connect(|client| plan_selection(client, &params, Utc::now()))
-        .unwrap_or_else(|error| pgrx::error!("orders_sync planner: {}", error.message));
+        .map_err(|error| SqlError::internal(format!("orders_sync planner: {}", error.message)))?;
     queue::create_run(
         &request.run_id,
         PIPELINE_NAME,
@@ -293,13 +275,13 @@ fn plan_run(request: &ProfilerRequest) -> Result<Planned, pgrx::spi::Error> {
             Spi::run_with_args(
                 "INSERT INTO orders_sync.sync_jobs
                      (run_id, pipeline_id, store_code, from_date, to_date, streams, reason, status, error_message, finished_at)
-                 VALUES ($1, $2, $3, $4::date, $5::date, $6, $7, 'skipped', $8, now())",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'skipped', $8, now())",
                 &[
                     request.run_id.as_str().into(),
                     window.pipeline_id.into(),
                     window.store_code.as_str().into(),
-                    window.from.to_string().into(),
-                    window.to.to_string().into(),
+                    clock::to_pg(window.from).into(),
+                    clock::to_pg(window.to).into(),
                     streams.into(),
                     reason.into(),
                     format!("skipped: window already queued or running in run {other}").into(),
@@ -324,16 +306,12 @@ fn pipeline_streams() -> pgrx::spi::SpiResult<Vec<(i64, Vec<String>)>> {
     })
 }
 
-/// Entry point of the planner worker: argument = the caller's database OID, request in
-/// `bgw_extra`. The caller learns the outcome from committed rows.
+/// Entry point of the planner worker: argument = the caller's database OID, `bgw_extra` =
+/// its `ProfilerRequest`. The caller learns the outcome from committed rows.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn orders_sync_planner_worker(argument: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = pg_sys::Oid::from(argument.value() as u32);
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
-    let Some(request) = ProfilerRequest::decode(BackgroundWorker::get_extra()) else {
-        log!("orders_sync: run_profiler planner got an unreadable request");
+    let Some(request) = bgw::start_dynamic::<ProfilerRequest>(argument) else {
         return;
     };
     match in_transaction(|| plan_run(&request)) {
@@ -344,7 +322,8 @@ pub extern "C-unwind" fn orders_sync_planner_worker(argument: pg_sys::Datum) {
             log!("orders_sync: run_profiler for {} left to active run {run_id}", request.env);
         }
         Err(message) => {
-            // Keep the failure where the DBA (and the waiting caller) will look: a failed run.
+            // Keep the failure where the DBA (and the waiting caller) will look: a failed run,
+            // marked as a planning failure in its counts.
             let summary = format!("planning failed: {message}");
             let recorded = in_transaction(|| {
                 queue::create_run(
@@ -356,9 +335,10 @@ pub extern "C-unwind" fn orders_sync_planner_worker(argument: pg_sys::Datum) {
                 )?;
                 Spi::run_with_args(
                     "UPDATE orders_sync.pipeline_run_summaries
-                     SET overall_status = 'failed', finished_at = now(), summary_text = $2
+                     SET overall_status = 'failed', finished_at = now(), summary_text = $2,
+                         counts = jsonb_build_object($3::text, true)
                      WHERE run_id = $1",
-                    &[request.run_id.as_str().into(), summary.as_str().into()],
+                    &[request.run_id.as_str().into(), summary.as_str().into(), PLANNING_FAILED_KEY.into()],
                 )
             });
             if let Err(again) = recorded {
@@ -372,33 +352,41 @@ pub extern "C-unwind" fn orders_sync_planner_worker(argument: pg_sys::Datum) {
 // run_profiler, in the caller's session.
 // ---------------------------------------------------------------------------------------
 
-/// A run's state as committed right now: (overall_status, finished, summary_text).
-fn run_state(run_id: &str) -> Option<(String, bool, Option<String>)> {
+/// A run's state as committed right now.
+struct RunState {
+    status: Option<RunStatus>,
+    finished: bool,
+    summary: Option<String>,
+    planning_failed: bool,
+}
+
+fn run_state(run_id: &str) -> SqlResult<Option<RunState>> {
     // Non-read-only SPI: a fresh snapshot per call, so the workers' commits are seen.
-    Spi::connect_mut(|client| {
+    let state = Spi::connect_mut(|client| {
         let table = client.update(
-            "SELECT overall_status::text, finished_at IS NOT NULL, summary_text
+            "SELECT overall_status::text, finished_at IS NOT NULL, summary_text, counts ? $2
              FROM orders_sync.pipeline_run_summaries WHERE run_id = $1",
             None,
-            &[run_id.into()],
+            &[run_id.into(), PLANNING_FAILED_KEY.into()],
         )?;
         if table.is_empty() {
             return Ok::<_, pgrx::spi::Error>(None);
         }
         let row = table.first();
-        Ok(Some((
-            row.get::<String>(1)?.unwrap_or_default(),
-            row.get::<bool>(2)?.unwrap_or(false),
-            row.get::<String>(3)?,
-        )))
-    })
-    .unwrap_or_else(|error| SqlError::internal(error.to_string()).raise())
+        Ok(Some(RunState {
+            status: row.get::<String>(1)?.as_deref().and_then(RunStatus::parse),
+            finished: row.get::<bool>(2)?.unwrap_or(false),
+            summary: row.get::<String>(3)?,
+            planning_failed: row.get::<bool>(4)?.unwrap_or(false),
+        }))
+    })?;
+    Ok(state)
 }
 
 /// The run the planner deferred to: the same selection's run that was active when it looked
 /// (still running, or finished since this call began).
-fn deferred_run(request: &ProfilerRequest, called_at: &str) -> Option<String> {
-    Spi::connect_mut(|client| {
+fn deferred_run(request: &ProfilerRequest, called_at: &str) -> SqlResult<Option<String>> {
+    let run = Spi::connect_mut(|client| {
         let table = client.update(
             "SELECT run_id::text FROM orders_sync.pipeline_run_summaries
              WHERE pipeline_name = $1 AND run_env = $2 AND parameters->>'sync_group' = $3
@@ -419,8 +407,8 @@ fn deferred_run(request: &ProfilerRequest, called_at: &str) -> Option<String> {
             return Ok::<_, pgrx::spi::Error>(None);
         }
         table.first().get::<String>(1)
-    })
-    .unwrap_or_else(|error| SqlError::internal(error.to_string()).raise())
+    })?;
+    Ok(run)
 }
 
 /// The windows only run when a launcher serves this database: say so when none does
@@ -465,7 +453,7 @@ fn nap(millis: i64) {
 /// `orders_sync.run_profiler(...)`: plans and enqueues a run, returns its run_id at once
 /// (or, with `wait => true`, when it has ended). Background workers do the fetching.
 #[pg_extern(volatile, parallel_unsafe)]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // one per SQL argument
 fn run_profiler(
     env: Option<&str>,
     sync_group: default!(Option<&str>, "'ALL'"),
@@ -477,30 +465,62 @@ fn run_profiler(
     wait: default!(Option<bool>, false),
     as_of: default!(Option<pgrx::datum::Date>, "NULL"),
 ) -> String {
-    // Same validation, same errors as plan_sync_windows.
-    let params = PlanParams::from_sql_args(env, sync_group, window_days, overlap_days, force, store_code, as_of)
-        .unwrap_or_else(|error| error.raise());
+    let (request, wait) =
+        profiler_request(env, sync_group, window_days, overlap_days, max_workers, force, store_code, wait, as_of)
+            .or_raise();
+    let called_at: String = Spi::get_one::<String>("SELECT clock_timestamp()::text")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Utc::now().to_rfc3339());
+    bgw::run_worker_and_wait(&request).or_raise();
+    let run_id = resolve_run(&request, &called_at).or_raise();
+    warn_without_launcher(&run_id);
+    if wait {
+        wait_for_run(&run_id).or_raise();
+    }
+    run_id
+}
+
+/// Validates `run_profiler`'s arguments (the same checks and errors as `plan_sync_windows`,
+/// whose planner also refuses a store that cannot be selected) into the planner's request.
+#[allow(clippy::too_many_arguments)] // one per SQL argument
+fn profiler_request(
+    env: Option<&str>,
+    sync_group: Option<&str>,
+    window_days: Option<i32>,
+    overlap_days: Option<i32>,
+    max_workers: Option<i32>,
+    force: Option<bool>,
+    store_code: Option<&str>,
+    wait: Option<bool>,
+    as_of: Option<pgrx::datum::Date>,
+) -> SqlResult<(ProfilerRequest, bool)> {
+    let params = PlanParams::from_sql_args(env, sync_group, window_days, overlap_days, force, store_code, as_of)?;
     let max_workers = match max_workers {
         Some(n) if (1..=64).contains(&n) => n as u32,
-        other => SqlError::invalid_argument(
-            "max_workers",
-            match other {
-                None => "must not be NULL".to_string(),
-                Some(n) => format!("must be between 1 and 64, got {n}"),
-            },
-        )
-        .with_hint("Pass how many windows of this run may be fetched at once (orders_sync.max_workers caps all runs).")
-        .raise(),
+        other => {
+            return Err(SqlError::invalid_argument(
+                "max_workers",
+                match other {
+                    None => "must not be NULL".to_string(),
+                    Some(n) => format!("must be between 1 and 64, got {n}"),
+                },
+            )
+            .with_hint(
+                "Pass how many windows of this run may be fetched at once (orders_sync.max_workers caps all runs).",
+            ))
+        }
     };
     let wait = wait.unwrap_or(false);
+    // SAFETY: a plain read of this backend's isolation level.
     if wait && unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
-        SqlError::invalid_argument("wait", "cannot wait in a REPEATABLE READ or SERIALIZABLE transaction")
-            .with_hint("Its snapshot would never show the run ending; call it in READ COMMITTED or with wait => false.")
-            .raise()
+        return Err(SqlError::invalid_argument("wait", "cannot wait in a REPEATABLE READ or SERIALIZABLE transaction")
+            .with_hint(
+                "Its snapshot would never show the run ending; call it in READ COMMITTED or with wait => false.",
+            ));
     }
     // A store that cannot be selected fails here, with the planner's own error and hint.
-    Spi::connect(|client| plan_selection(client, &params, Utc::now()).map(|_| ())).unwrap_or_else(|e| e.raise());
-
+    Spi::connect(|client| plan_selection(client, &params, Utc::now()).map(|_| ()))?;
     let request = ProfilerRequest {
         run_id: format!("rp-{}-{}", Utc::now().format("%Y%m%d%H%M%S%6f"), unsafe { pg_sys::MyProcPid }),
         env: params.env.clone(),
@@ -515,26 +535,23 @@ fn run_profiler(
         max_workers,
         force: params.policy.force,
         store_code: params.store_code.clone(),
-        as_of: as_of.and_then(naive),
+        as_of: params.as_of,
     };
-    debug_assert!(request.encode().len() <= ProfilerRequest::MAX_ENCODED);
-    let called_at: String = Spi::get_one::<String>("SELECT clock_timestamp()::text")
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| Utc::now().to_rfc3339());
+    Ok((request, wait))
+}
 
-    crate::worker::run_dynamic_worker("run_profiler planner", "orders_sync_planner_worker", &request.encode());
-
-    let run_id = match run_state(&request.run_id) {
-        Some((status, _, summary))
-            if status == "failed" && summary.as_deref().is_some_and(|s| s.starts_with("planning failed")) =>
-        {
-            SqlError::internal(format!("run {} could not be planned: {}", request.run_id, summary.unwrap_or_default()))
-                .with_hint("See the run in orders_sync.pipeline_run_summaries and the server log.")
-                .raise()
-        }
-        Some(_) => request.run_id.clone(),
-        None => match deferred_run(&request, &called_at) {
+/// After the planner is gone: the run it created, or the active run of the same selection it
+/// deferred to (with a NOTICE), or the planning failure as an error.
+fn resolve_run(request: &ProfilerRequest, called_at: &str) -> SqlResult<String> {
+    match run_state(&request.run_id)? {
+        Some(state) if state.planning_failed => Err(SqlError::internal(format!(
+            "run {} could not be planned: {}",
+            request.run_id,
+            state.summary.unwrap_or_default()
+        ))
+        .with_hint("See the run in orders_sync.pipeline_run_summaries and the server log.")),
+        Some(_) => Ok(request.run_id.clone()),
+        None => match deferred_run(request, called_at)? {
             Some(active) => {
                 notice!(
                     "run {active} for env {} and sync_group {}{} is still active: not starting another",
@@ -542,36 +559,39 @@ fn run_profiler(
                     request.sync_group,
                     request.store_code.as_deref().map(|s| format!(", store {s}")).unwrap_or_default()
                 );
-                active
+                Ok(active)
             }
-            None => SqlError::internal(format!("run_profiler planner exited before recording run {}", request.run_id))
-                .with_hint("See the server log for the planner worker's error.")
-                .raise(),
+            None => {
+                Err(SqlError::internal(format!("run_profiler planner exited before recording run {}", request.run_id))
+                    .with_hint("See the server log for the planner worker's error."))
+            }
         },
-    };
-    warn_without_launcher(&run_id);
-    if wait {
-        let mut last_report = std::time::Instant::now();
-        loop {
-            match run_state(&run_id) {
-                Some((status, true, summary)) => {
-                    notice!("run {run_id} ended {status}: {}", summary.unwrap_or_default());
-                    break;
-                }
-                Some(_) => {
-                    if last_report.elapsed() >= PROGRESS_EVERY {
-                        if let Ok(progress) = run_progress(&run_id) {
-                            notice!("{}", progress.describe(&run_id));
-                        }
-                        last_report = std::time::Instant::now();
-                    }
-                    nap(200)
-                }
-                None => SqlError::internal(format!("run {run_id} disappeared while waiting for it")).raise(),
-            }
-        }
     }
-    run_id
+}
+
+/// Waits for the run to end, reporting progress every `PROGRESS_EVERY` and the end as NOTICEs.
+fn wait_for_run(run_id: &str) -> SqlResult<()> {
+    let mut last_report = std::time::Instant::now();
+    loop {
+        let Some(state) = run_state(run_id)? else {
+            return Err(SqlError::internal(format!("run {run_id} disappeared while waiting for it")));
+        };
+        if state.finished {
+            let status = match state.status {
+                Some(RunStatus::Ended(status)) => status.as_str(),
+                _ => "failed",
+            };
+            notice!("run {run_id} ended {status}: {}", state.summary.unwrap_or_default());
+            return Ok(());
+        }
+        if last_report.elapsed() >= PROGRESS_EVERY {
+            if let Ok(progress) = run_progress(run_id) {
+                notice!("{}", progress.describe(run_id));
+            }
+            last_report = std::time::Instant::now();
+        }
+        nap(200)
+    }
 }
 
 /// How often a waiting `run_profiler` reports progress.
@@ -622,7 +642,7 @@ mod tests {
             as_of: NaiveDate::from_ymd_opt(2026, 12, 31),
         };
         let encoded = request.encode();
-        assert!(encoded.len() <= ProfilerRequest::MAX_ENCODED, "{} bytes", encoded.len());
+        assert!(encoded.len() <= bgw::MAX_ENCODED, "{} bytes", encoded.len());
         assert_eq!(ProfilerRequest::decode(&encoded), Some(request.clone()));
         let plain = ProfilerRequest { store_code: None, as_of: None, force: false, ..request };
         assert_eq!(ProfilerRequest::decode(&plain.encode()), Some(plain));

@@ -22,6 +22,15 @@ pub enum WindowStatus {
 }
 
 impl WindowStatus {
+    pub fn parse(text: &str) -> Option<WindowStatus> {
+        match text {
+            "success" => Some(WindowStatus::Success),
+            "partial" => Some(WindowStatus::Partial),
+            "failed" => Some(WindowStatus::Failed),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             WindowStatus::Success => "success",
@@ -36,6 +45,64 @@ impl fmt::Display for WindowStatus {
         f.write_str(self.as_str())
     }
 }
+
+/// A job's status (`sync_jobs.status`): a window queued, running, ended, or skipped after an
+/// earlier window of its store failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Ended(WindowStatus),
+    Skipped,
+}
+
+impl JobStatus {
+    pub fn parse(text: &str) -> Option<JobStatus> {
+        Some(match text {
+            "queued" => JobStatus::Queued,
+            "running" => JobStatus::Running,
+            "skipped" => JobStatus::Skipped,
+            other => JobStatus::Ended(WindowStatus::parse(other)?),
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Ended(status) => status.as_str(),
+            JobStatus::Skipped => "skipped",
+        }
+    }
+
+    /// Whether the job's worker is done with it (or it never needs one).
+    pub fn is_final(self) -> bool {
+        matches!(self, JobStatus::Ended(_) | JobStatus::Skipped)
+    }
+}
+
+/// A run's status (`pipeline_run_summaries.overall_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Ended(WindowStatus),
+}
+
+impl RunStatus {
+    pub fn parse(text: &str) -> Option<RunStatus> {
+        match text {
+            "running" => Some(RunStatus::Running),
+            other => WindowStatus::parse(other).map(RunStatus::Ended),
+        }
+    }
+}
+
+/// The `error_message` of a window (and the summary of a run) whose worker was found gone.
+pub const STUCK_MESSAGE: &str = "Auto-reset: stuck in running state";
+
+/// What the planner worker records in a run's `counts` when it could not plan the run, so
+/// that the waiting `run_profiler` tells a planning failure from a run that failed.
+pub const PLANNING_FAILED_KEY: &str = "planning_failed";
 
 /// Which log stamp a stream sets when it has been pulled completely.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +246,19 @@ impl RunProgress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statuses_read_back_what_they_write() {
+        for text in ["queued", "running", "success", "partial", "failed", "skipped"] {
+            assert_eq!(JobStatus::parse(text).map(JobStatus::as_str), Some(text));
+        }
+        assert_eq!(JobStatus::parse("done"), None);
+        assert!(JobStatus::parse("skipped").unwrap().is_final());
+        assert!(!JobStatus::parse("queued").unwrap().is_final());
+        assert_eq!(RunStatus::parse("partial"), Some(RunStatus::Ended(WindowStatus::Partial)));
+        assert_eq!(RunStatus::parse("running"), Some(RunStatus::Running));
+        assert_eq!(RunStatus::parse("skipped"), None);
+    }
 
     fn td() -> Vec<String> {
         vec!["orders".into(), "sales".into()]

@@ -8,10 +8,14 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiResult;
 use std::time::Duration;
 
+use crate::clock;
 use crate::fetch::SourceSettings;
 use crate::gucs;
-use crate::outcome::{run_summary, RunCounts};
+use crate::outcome::{run_summary, RunCounts, WindowStatus};
 use crate::write::Window;
+
+mod dispatch;
+pub use dispatch::Candidate;
 
 /// One attempt at a job's window, as started by `start_attempt`.
 pub struct Attempt {
@@ -34,10 +38,6 @@ pub struct ResumePoint {
     pub complete: bool,
 }
 
-pub fn parse_date(text: &str) -> NaiveDate {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d").expect("PostgreSQL date text is ISO")
-}
-
 pub fn create_run(
     run_id: &str,
     pipeline_name: &str,
@@ -48,14 +48,8 @@ pub fn create_run(
     Spi::run_with_args(
         "INSERT INTO orders_sync.pipeline_run_summaries
              (run_id, pipeline_name, run_env, report_date, parameters)
-         VALUES ($1, $2, $3, $4::date, $5::jsonb)",
-        &[
-            run_id.into(),
-            pipeline_name.into(),
-            run_env.into(),
-            report_date.format("%Y-%m-%d").to_string().into(),
-            parameters.into(),
-        ],
+         VALUES ($1, $2, $3, $4, $5::jsonb)",
+        &[run_id.into(), pipeline_name.into(), run_env.into(), clock::to_pg(report_date).into(), parameters.into()],
     )
 }
 
@@ -64,7 +58,7 @@ pub fn enqueue(run_id: &str, window: &Window, streams: &[String], reason: &str) 
     // Not get_one: on a conflict nothing is returned, which get_one reports as an error.
     first_i64(
         "INSERT INTO orders_sync.sync_jobs (run_id, pipeline_id, store_code, from_date, to_date, streams, reason)
-         VALUES ($1, $2, $3, $4::date, $5::date, $6, $7)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (pipeline_id, store_code, from_date, to_date) WHERE status IN ('queued', 'running')
          DO NOTHING
          RETURNING id",
@@ -72,8 +66,8 @@ pub fn enqueue(run_id: &str, window: &Window, streams: &[String], reason: &str) 
             run_id.into(),
             window.pipeline_id.into(),
             window.store_code.as_str().into(),
-            window.from.format("%Y-%m-%d").to_string().into(),
-            window.to.format("%Y-%m-%d").to_string().into(),
+            clock::to_pg(window.from).into(),
+            clock::to_pg(window.to).into(),
             streams.to_vec().into(),
             reason.into(),
         ],
@@ -96,14 +90,14 @@ pub fn first_i64(statement: &str, args: &[pgrx::datum::DatumWithOid]) -> SpiResu
 pub fn active_run_of(window: &Window) -> SpiResult<Option<String>> {
     Spi::get_one_with_args::<String>(
         "SELECT run_id::text FROM orders_sync.sync_jobs
-         WHERE pipeline_id = $1 AND store_code = $2 AND from_date = $3::date AND to_date = $4::date
+         WHERE pipeline_id = $1 AND store_code = $2 AND from_date = $3 AND to_date = $4
            AND status IN ('queued', 'running')
          LIMIT 1",
         &[
             window.pipeline_id.into(),
             window.store_code.as_str().into(),
-            window.from.format("%Y-%m-%d").to_string().into(),
-            window.to.format("%Y-%m-%d").to_string().into(),
+            clock::to_pg(window.from).into(),
+            clock::to_pg(window.to).into(),
         ],
     )
 }
@@ -168,7 +162,7 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
                     RETURNING j.id
                 )
                 SELECT logged.id AS log_id, j.pipeline_id, j.store_code::text AS store_code,
-                       j.from_date::text AS from_date, j.to_date::text AS to_date, j.streams,
+                       j.from_date, j.to_date, j.streams,
                        p.code AS pipeline_code, p.streams AS pipeline_streams, p.base_url, p.page_size,
                        p.connect_timeout_ms, p.read_timeout_ms, p.max_attempts, c.api_token
                 FROM logged
@@ -189,8 +183,8 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
             window: Window {
                 pipeline_id: row.get_by_name("pipeline_id")?.unwrap_or_default(),
                 store_code,
-                from: parse_date(&row.get_by_name::<String, _>("from_date")?.unwrap_or_default()),
-                to: parse_date(&row.get_by_name::<String, _>("to_date")?.unwrap_or_default()),
+                from: window_date(row.get_by_name("from_date")?)?,
+                to: window_date(row.get_by_name("to_date")?)?,
             },
             pipeline_code: row.get_by_name("pipeline_code")?.unwrap_or_default(),
             pipeline_streams: row.get_by_name("pipeline_streams")?.unwrap_or_default(),
@@ -211,6 +205,11 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
     })
 }
 
+/// A window bound read back from `sync_jobs` (finite by its CHECK constraint).
+fn window_date(date: Option<pgrx::datum::Date>) -> SpiResult<NaiveDate> {
+    date.and_then(clock::from_pg).ok_or(pgrx::spi::Error::InvalidPosition)
+}
+
 /// For each of `streams`, where an earlier interrupted attempt at the same window stopped.
 pub fn resume_points(window: &Window, streams: &[String]) -> SpiResult<Vec<ResumePoint>> {
     let mut points = Vec::with_capacity(streams.len());
@@ -218,15 +217,15 @@ pub fn resume_points(window: &Window, streams: &[String]) -> SpiResult<Vec<Resum
         let point = Spi::connect(|client| {
             let table = client.select(
                 "SELECT page_no, next_page_token FROM orders_sync.window_pages
-                 WHERE pipeline_id = $1 AND store_code = $2 AND from_date = $3::date AND to_date = $4::date
+                 WHERE pipeline_id = $1 AND store_code = $2 AND from_date = $3 AND to_date = $4
                    AND stream = $5
                  ORDER BY page_no DESC LIMIT 1",
                 None,
                 &[
                     window.pipeline_id.into(),
                     window.store_code.as_str().into(),
-                    window.from.format("%Y-%m-%d").to_string().into(),
-                    window.to.format("%Y-%m-%d").to_string().into(),
+                    clock::to_pg(window.from).into(),
+                    clock::to_pg(window.to).into(),
                     stream.as_str().into(),
                 ],
             )?;
@@ -259,7 +258,7 @@ pub fn interrupt_attempt(job_id: i64, log_id: i64, message: &str) -> SpiResult<(
 
 /// Closes a run: `finished_at`, overall status and per-pipeline counts from its jobs.
 /// Returns the overall status.
-pub fn finish_run(run_id: &str) -> SpiResult<String> {
+pub fn finish_run(run_id: &str) -> SpiResult<WindowStatus> {
     let counts = Spi::connect(|client| {
         let table = client.select(
             "SELECT p.code,
@@ -299,5 +298,114 @@ pub fn finish_run(run_id: &str) -> SpiResult<String> {
             summary.counts_json.as_str().into(),
         ],
     )?;
-    Ok(summary.status.as_str().to_string())
+    Ok(summary.status)
+}
+
+/// Serialises every decision that takes a worker slot (launcher ticks, job chaining), so
+/// concurrent decisions never both see a free slot. Held until the caller's commit.
+const DISPATCH_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('orders_sync.dispatch'), 0)";
+
+/// Who claims windows, and which.
+pub enum Claimant<'a> {
+    /// The launcher's tick: any profiler run; the jobs wait for workers it starts.
+    Launcher,
+    /// A job worker whose window has just ended (its slot is free): one window of its own run,
+    /// the same store's next one first; it runs the window itself.
+    Worker { run_id: &'a str, pipeline_id: i64, store_code: &'a str },
+}
+
+/// Claims the windows that may start now under the dispatch rules (`dispatch::choose`),
+/// marking them `running`: with the worker's pid for a worker, without one for the launcher
+/// (its worker reports in when it starts).
+pub fn claim(claimant: &Claimant<'_>, profiler_pipeline: &str) -> SpiResult<Vec<Candidate>> {
+    Spi::run(DISPATCH_LOCK)?;
+    let running = Spi::connect(|client| {
+        let table = client.select(
+            "SELECT run_id::text, store_code::text FROM orders_sync.sync_jobs WHERE status = 'running'",
+            None,
+            &[],
+        )?;
+        let mut running = Vec::with_capacity(table.len());
+        for row in table {
+            running.push(dispatch::RunningJob {
+                run_id: row.get::<String>(1)?.unwrap_or_default(),
+                store_code: row.get::<String>(2)?.unwrap_or_default(),
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(running)
+    })?;
+    let cluster_cap = i64::from(gucs::max_workers());
+    if running.len() as i64 >= cluster_cap {
+        return Ok(Vec::new());
+    }
+    let (run_id, pipeline_id, store_code, limit) = match claimant {
+        Claimant::Launcher => (None, None, None, usize::MAX),
+        Claimant::Worker { run_id, pipeline_id, store_code } => {
+            (Some(*run_id), Some(*pipeline_id), Some(*store_code), 1)
+        }
+    };
+    let candidates = Spi::connect(|client| {
+        let table = client.select(
+            // Set-based on purpose: a run may queue thousands of windows, and a correlated
+            // "no earlier open window of this store" check would be quadratic in them. (While
+            // a run is waited on with `wait => true`, the waiting call holds back the xmin
+            // horizon, so every finished job leaves dead index entries a per-window probe
+            // would visit again.)
+            "WITH open AS MATERIALIZED (
+                 SELECT j.id, j.run_id, j.pipeline_id, j.store_code, j.from_date, j.status, r.started_at,
+                        coalesce((r.parameters->>'max_workers')::int, 1) AS run_cap
+                 FROM orders_sync.pipeline_run_summaries r
+                 JOIN orders_sync.sync_jobs j ON j.run_id = r.run_id AND j.status IN ('queued', 'failed', 'partial')
+                 WHERE r.overall_status = 'running' AND r.pipeline_name = $1
+                   AND ($2::text IS NULL OR r.run_id = $2)
+             ),
+             firsts AS (
+                 -- Each store's earliest open window of each run. A store with a failed or
+                 -- partial window sorts that first and so drops out: its later windows wait
+                 -- to be skipped.
+                 SELECT DISTINCT ON (run_id, pipeline_id, store_code)
+                        id, run_id, pipeline_id, store_code, status, started_at, run_cap
+                 FROM open
+                 ORDER BY run_id, pipeline_id, store_code, status = 'queued', from_date, id
+             )
+             SELECT id, run_id::text, store_code::text, run_cap FROM firsts
+             WHERE status = 'queued'
+             ORDER BY coalesce(pipeline_id = $3 AND store_code = $4, false) DESC, started_at, id",
+            None,
+            &[profiler_pipeline.into(), run_id.into(), pipeline_id.into(), store_code.into()],
+        )?;
+        let mut out = Vec::with_capacity(table.len());
+        for row in table {
+            out.push(Candidate {
+                job_id: row.get::<i64>(1)?.unwrap_or_default(),
+                run_id: row.get::<String>(2)?.unwrap_or_default(),
+                store_code: row.get::<String>(3)?.unwrap_or_default(),
+                run_cap: i64::from(row.get::<i32>(4)?.unwrap_or(1)),
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })?;
+    let chosen = dispatch::choose(&candidates, &running, cluster_cap, limit);
+    if chosen.is_empty() {
+        return Ok(chosen);
+    }
+    let ids: Vec<i64> = chosen.iter().map(|c| c.job_id).collect();
+    let by_worker = matches!(claimant, Claimant::Worker { .. });
+    Spi::run_with_args(
+        "UPDATE orders_sync.sync_jobs
+         SET status = 'running', worker_pid = CASE WHEN $2 THEN pg_backend_pid() END,
+             started_at = now(), heartbeat_at = now()
+         WHERE id = ANY ($1) AND status = 'queued'",
+        &[ids.into(), by_worker.into()],
+    )?;
+    Ok(chosen)
+}
+
+/// Gives a claimed job back to the queue when no worker could be started for it.
+pub fn unclaim(job_id: i64) -> SpiResult<()> {
+    Spi::run_with_args(
+        "UPDATE orders_sync.sync_jobs SET status = 'queued', started_at = NULL, heartbeat_at = NULL
+         WHERE id = $1 AND status = 'running' AND worker_pid IS NULL",
+        &[job_id.into()],
+    )
 }

@@ -6,7 +6,7 @@
 //! semantics: day-of-month and day-of-week are OR-ed, Sunday is 0 or 7), never hand-rolled.
 //! Everything that talks to pg_cron is plain SQL in sql/schedules.sql.
 
-use crate::errors::SqlError;
+use crate::errors::{OrRaise, SqlError};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
@@ -91,24 +91,24 @@ pub fn expected_interval(expr: &str) -> Result<Duration, String> {
 const CRON_HINT: &str =
     "Use pg_cron's five fields, minute hour day-of-month month day-of-week (UTC), e.g. '*/30 * * * *' or '0 2 * * *'.";
 
-fn to_interval(duration: Duration) -> Interval {
+fn to_interval(duration: Duration) -> Result<Interval, SqlError> {
     // Whole days as days, the rest as microseconds: '0 6 * * 1' reads as '7 days'.
     let days = duration.num_days();
     let rest = duration - Duration::days(days);
     let micros = rest.num_microseconds().unwrap_or(0);
     Interval::new(0, days as i32, micros)
-        .unwrap_or_else(|error| SqlError::internal(format!("cron interval out of range: {error:?}")).raise())
+        .map_err(|error| SqlError::internal(format!("cron interval out of range: {error:?}")))
 }
 
 /// The longest gap between two firings of a pg_cron schedule, e.g. `'*/30 * * * *'` → 30 minutes.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn cron_interval(expr: &str) -> Interval {
-    match expected_interval(expr) {
-        Ok(duration) => to_interval(duration),
-        Err(problem) => SqlError::invalid_argument("expr", format!("not a cron expression ({problem})"))
-            .with_hint(CRON_HINT)
-            .raise(),
-    }
+    expected_interval(expr)
+        .map_err(|problem| {
+            SqlError::invalid_argument("expr", format!("not a cron expression ({problem})")).with_hint(CRON_HINT)
+        })
+        .and_then(to_interval)
+        .or_raise()
 }
 
 /// Raises a clear error naming the `schedule` argument when it is not a cron expression that

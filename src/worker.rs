@@ -6,71 +6,17 @@
 //! no transaction is open while a page is being fetched.
 
 use chrono::{NaiveDate, Utc};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, SignalWakeFlags};
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
-use pgrx::PgTryBuilder;
-use std::panic::AssertUnwindSafe;
 
+use crate::bgw::{self, in_transaction, in_transaction_or_log, WorkerRequest};
 use crate::clock;
-use crate::errors::SqlError;
+use crate::errors::{OrRaise, SqlError, SqlResult};
 use crate::fetch::{with_signals_blocked, FetchError, PageRequest, SourceClient};
-use crate::outcome::{continue_after, select_streams, window_status, PulledStamp, WindowStatus};
+use crate::names;
+use crate::outcome::{continue_after, select_streams, window_status, JobStatus, PulledStamp, WindowStatus};
 use crate::queue::{self, Attempt};
 use crate::write::{self, Completion, Window};
-
-/// Runs `body` in its own transaction and commits it. An ERROR raised inside (a constraint,
-/// a bad numeric from the source) aborts just that transaction and comes back as `Err` with
-/// the server's message, so the worker can record `failed` and live on.
-pub fn in_transaction<R>(body: impl FnOnce() -> Result<R, pgrx::spi::Error>) -> Result<R, String> {
-    unsafe {
-        pg_sys::SetCurrentStatementStartTimestamp();
-        pg_sys::StartTransactionCommand();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-    }
-    let outcome = PgTryBuilder::new(AssertUnwindSafe(|| body().map_err(|error| error.to_string())))
-        .catch_others(|caught| Err(caught_message(&caught)))
-        .execute();
-    unsafe {
-        match outcome {
-            Ok(_) => {
-                pg_sys::PopActiveSnapshot();
-                pg_sys::CommitTransactionCommand();
-            }
-            Err(_) => pg_sys::AbortCurrentTransaction(),
-        }
-    }
-    outcome
-}
-
-fn caught_message(caught: &CaughtError) -> String {
-    match caught {
-        CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => report.message().to_string(),
-        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-    }
-}
-
-/// True once the worker was asked to stop: SIGTERM (pg_terminate_backend, shutdown) or
-/// SIGINT (pg_cancel_backend). Checked between pages and during retry back-off.
-fn stop_requested() -> bool {
-    static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if BackgroundWorker::sigint_received() {
-        CANCELLED.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-    // SAFETY: a plain read of a flag set by the SIGTERM handler.
-    let terminating = unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) } != 0;
-    terminating || CANCELLED.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-fn stop_reason() -> &'static str {
-    // SAFETY: as in stop_requested.
-    if unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) } != 0 {
-        "terminated (SIGTERM)"
-    } else {
-        "cancelled (pg_cancel_backend)"
-    }
-}
 
 /// How a job ended, as seen by the code that started it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,19 +35,30 @@ pub fn run_job(job_id: i64, store_code: &str) -> JobEnd {
     // Page commits need not wait for the WAL flush: a page lost in a crash was committed
     // together with its cursor, so the next attempt simply fetches it again, and commit order
     // is kept, so the log can never say `success` for pages that were lost.
-    let _ = in_transaction(|| Spi::run("SET synchronous_commit = off"));
+    in_transaction_or_log("turn off synchronous_commit", || Spi::run("SET synchronous_commit = off"));
     match in_transaction(|| queue::try_lock_store(store_code)) {
         Ok(true) => {}
         Ok(false) => {
             let message = format!("store {store_code} is busy: another orders_sync worker holds its lock");
-            let _ = in_transaction(|| queue::fail_unstarted_job(job_id, &message));
+            in_transaction_or_log("fail the job", || queue::fail_unstarted_job(job_id, &message));
             return JobEnd::NotStarted(message);
         }
         Err(message) => return JobEnd::NotStarted(message),
     }
     let end = run_locked_job(job_id);
-    let _ = in_transaction(|| queue::unlock_store(store_code));
+    in_transaction_or_log("release the store lock", || queue::unlock_store(store_code));
     end
+}
+
+/// How one stream of a window ended.
+struct StreamOutcome {
+    stream: String,
+    /// Pulled to its last page (in this attempt or an interrupted earlier one).
+    pulled: bool,
+    /// The window held no records of the stream when this attempt began pulling it.
+    fresh: bool,
+    /// What failed, for the window's `error_message`.
+    error: Option<String>,
 }
 
 fn run_locked_job(job_id: i64) -> JobEnd {
@@ -109,60 +66,59 @@ fn run_locked_job(job_id: i64) -> JobEnd {
         Ok(attempt) => attempt,
         Err(message) => {
             let message = format!("could not start job {job_id}: {message}");
-            let _ = in_transaction(|| queue::fail_unstarted_job(job_id, &message));
+            in_transaction_or_log("fail the job", || queue::fail_unstarted_job(job_id, &message));
             return JobEnd::NotStarted(message);
         }
     };
+    let failed_before_any_stream = |message: String| {
+        let stream = attempt.streams.first().cloned().unwrap_or_default();
+        vec![StreamOutcome { stream, pulled: false, fresh: false, error: Some(message) }]
+    };
     let client = match source_client(&attempt.source) {
         Ok(client) => client,
-        Err(error) => return finish(&attempt, &[], &[], &[false], Some(format!("source settings: {error}"))),
+        Err(error) => return finish(&attempt, &failed_before_any_stream(format!("source settings: {error}"))),
     };
     let resume = match in_transaction(|| queue::resume_points(&attempt.window, &attempt.streams)) {
         Ok(points) => points,
-        Err(message) => return finish(&attempt, &[], &[], &[false], Some(message)),
+        Err(message) => return finish(&attempt, &failed_before_any_stream(message)),
     };
 
-    let mut pulled = Vec::new();
-    let mut completed_streams = Vec::new();
-    let mut fresh_streams = Vec::new();
-    let mut errors = Vec::new();
+    let mut outcomes: Vec<StreamOutcome> = Vec::new();
     for (position, (stream, point)) in attempt.streams.iter().zip(resume).enumerate() {
         let stamp =
             PulledStamp::for_position(attempt.pipeline_streams.iter().position(|s| s == stream).unwrap_or(position));
         let result = if point.complete {
             // Pulled completely by an interrupted earlier attempt: only the stamp is new.
-            in_transaction(|| write::stamp_pulled(attempt.log_id, stamp)).map_err(StreamError::Write)
+            in_transaction(|| write::stamp_pulled(attempt.log_id, stamp)).map(|()| false).map_err(StreamError::Write)
         } else {
-            pull_stream(&client, &attempt, stream, stamp, point.next_page_no.max(1), point.page_token).map(|fresh| {
-                if fresh {
-                    fresh_streams.push(stream.clone());
-                }
-            })
+            pull_stream(&client, &attempt, stream, stamp, point.next_page_no.max(1), point.page_token)
         };
-        match result {
-            Ok(()) => {
-                pulled.push(true);
-                completed_streams.push(stream.clone());
-            }
+        let outcome = match result {
+            Ok(fresh) => StreamOutcome { stream: stream.clone(), pulled: true, fresh, error: None },
             Err(StreamError::Stopped { page_no }) => {
                 let message = format!(
                     "{}: {stream} page {page_no} not fetched; the next attempt resumes from the saved cursor",
-                    stop_reason()
+                    bgw::stop_reason()
                 );
-                let _ = in_transaction(|| queue::interrupt_attempt(attempt.job_id, attempt.log_id, &message));
+                in_transaction_or_log("record the interruption", || {
+                    queue::interrupt_attempt(attempt.job_id, attempt.log_id, &message)
+                });
                 return JobEnd::Interrupted;
             }
-            Err(error) => {
-                pulled.push(false);
-                errors.push(error.describe(stream));
-            }
-        }
-        if !continue_after(position, *pulled.last().unwrap_or(&false)) {
+            Err(error) => StreamOutcome {
+                stream: stream.clone(),
+                pulled: false,
+                fresh: false,
+                error: Some(error.describe(stream)),
+            },
+        };
+        let pulled = outcome.pulled;
+        outcomes.push(outcome);
+        if !continue_after(position, pulled) {
             break;
         }
     }
-    let message = (!errors.is_empty()).then(|| errors.join("; "));
-    finish(&attempt, &completed_streams, &fresh_streams, &pulled, message)
+    finish(&attempt, &outcomes)
 }
 
 thread_local! {
@@ -257,7 +213,7 @@ fn pull_stream(
                 }
             })
         });
-        let outcome = write_pages(attempt, stream, stamp, first_page_no, &received, &stop);
+        let outcome = write_pages(attempt, stream, stamp, first_page_no, &received, stop);
         // Whatever happened, let the fetcher finish: it stops at its next check or send.
         stop.store(true, Ordering::Relaxed);
         drop(received);
@@ -288,7 +244,7 @@ fn write_pages(
         );
     };
     loop {
-        if stop_requested() {
+        if bgw::stop_requested() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             return Err(StreamError::Stopped { page_no: next_page_no });
         }
@@ -308,7 +264,7 @@ fn write_pages(
         let next_token = page.next_page_token.clone();
         let last = next_token.is_none();
         let write_started = std::time::Instant::now();
-        in_transaction(|| {
+        in_transaction(|| -> pgrx::spi::SpiResult<()> {
             write::write_page(&attempt.window, attempt.job_id, stream, page_no, page.records, next_token.as_deref())?;
             if last {
                 write::stamp_pulled(attempt.log_id, stamp)?;
@@ -325,22 +281,24 @@ fn write_pages(
     }
 }
 
-fn finish(
-    attempt: &Attempt,
-    completed_streams: &[String],
-    fresh_streams: &[String],
-    pulled: &[bool],
-    error_message: Option<String>,
-) -> JobEnd {
-    let status = window_status(pulled);
+/// Completes the window from its streams' outcomes: status, stale-record removal, KPI
+/// refresh and the log row, in one transaction (`write::complete_window`).
+fn finish(attempt: &Attempt, outcomes: &[StreamOutcome]) -> JobEnd {
+    let pulled: Vec<bool> = outcomes.iter().map(|o| o.pulled).collect();
+    let completed_streams: Vec<String> = outcomes.iter().filter(|o| o.pulled).map(|o| o.stream.clone()).collect();
+    let fresh_streams: Vec<String> =
+        outcomes.iter().filter(|o| o.pulled && o.fresh).map(|o| o.stream.clone()).collect();
+    let errors: Vec<&str> = outcomes.iter().filter_map(|o| o.error.as_deref()).collect();
+    let error_message = (!errors.is_empty()).then(|| errors.join("; "));
+    let status = window_status(&pulled);
     let completion = Completion {
         window: &attempt.window,
         pipeline_code: &attempt.pipeline_code,
         job_id: attempt.job_id,
         log_id: attempt.log_id,
         streams: &attempt.streams,
-        completed_streams,
-        fresh_streams,
+        completed_streams: &completed_streams,
+        fresh_streams: &fresh_streams,
         status,
         error_message: error_message.as_deref(),
     };
@@ -349,7 +307,9 @@ fn finish(
         Err(message) => {
             // The completion itself failed: record that, truthfully, without the data steps.
             let message = format!("could not complete the window: {message}");
-            let _ = in_transaction(|| queue::interrupt_attempt(attempt.job_id, attempt.log_id, &message));
+            in_transaction_or_log("record the failed completion", || {
+                queue::interrupt_attempt(attempt.job_id, attempt.log_id, &message)
+            });
             JobEnd::Completed(WindowStatus::Failed)
         }
     }
@@ -359,8 +319,7 @@ fn finish(
 // sync_window: one manual window, run by a dynamic worker the caller waits for.
 // ---------------------------------------------------------------------------------------
 
-/// What the caller of `sync_window` hands its worker through `bgw_extra` (≤ 127 bytes):
-/// the caller's transaction is not committed, so nothing can be passed through tables.
+/// What the caller of `sync_window` hands its worker (`bgw::WorkerRequest`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManualWindow {
     pub run_id: String,
@@ -373,26 +332,24 @@ pub struct ManualWindow {
     pub sales_only: bool,
 }
 
-impl ManualWindow {
-    pub const MAX_ENCODED: usize = 127;
+impl WorkerRequest for ManualWindow {
+    const KIND: &'static str = "sync_window";
+    const FUNCTION: &'static str = "orders_sync_window_worker";
 
-    pub fn encode(&self) -> String {
-        format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}{}",
-            self.run_id,
-            self.run_env,
-            self.pipeline_id,
-            self.store_code,
-            self.from.format("%Y-%m-%d"),
-            self.to.format("%Y-%m-%d"),
-            u8::from(self.orders_only),
-            u8::from(self.sales_only),
-        )
+    fn fields(&self) -> Vec<String> {
+        vec![
+            self.run_id.clone(),
+            self.run_env.clone(),
+            self.pipeline_id.to_string(),
+            self.store_code.clone(),
+            bgw::encode_date(self.from),
+            bgw::encode_date(self.to),
+            format!("{}{}", u8::from(self.orders_only), u8::from(self.sales_only)),
+        ]
     }
 
-    pub fn decode(text: &str) -> Option<ManualWindow> {
-        let fields: Vec<&str> = text.split('\t').collect();
-        let [run_id, run_env, pipeline_id, store_code, from, to, flags] = fields.as_slice() else {
+    fn from_fields(fields: &[&str]) -> Option<Self> {
+        let [run_id, run_env, pipeline_id, store_code, from, to, flags] = fields else {
             return None;
         };
         let flags = flags.as_bytes();
@@ -401,115 +358,78 @@ impl ManualWindow {
             run_env: run_env.to_string(),
             pipeline_id: pipeline_id.parse().ok()?,
             store_code: store_code.to_string(),
-            from: NaiveDate::parse_from_str(from, "%Y-%m-%d").ok()?,
-            to: NaiveDate::parse_from_str(to, "%Y-%m-%d").ok()?,
+            from: bgw::decode_date(from)?,
+            to: bgw::decode_date(to)?,
             orders_only: *flags.first()? == b'1',
             sales_only: *flags.get(1)? == b'1',
         })
     }
 }
 
-/// Entry point of the dynamic worker started by `sync_window`. Its argument is the caller's
-/// database OID; the window comes in `bgw_extra`.
+/// Entry point of the dynamic worker started by `sync_window`: argument = the caller's
+/// database OID, `bgw_extra` = its `ManualWindow`.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn orders_sync_window_worker(argument: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(
-        SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM | SignalWakeFlags::SIGINT,
-    );
-    let database = pg_sys::Oid::from(argument.value() as u32);
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
-    let Some(request) = ManualWindow::decode(BackgroundWorker::get_extra()) else {
-        log!("orders_sync: sync_window worker got an unreadable request");
+    let Some(request) = bgw::start_dynamic::<ManualWindow>(argument) else {
         return;
     };
-    let queued = in_transaction(|| {
-        let streams: Vec<String> = Spi::get_one_with_args::<Vec<String>>(
-            "SELECT streams FROM orders_sync.pipelines WHERE id = $1",
-            &[request.pipeline_id.into()],
-        )?
-        .unwrap_or_default();
-        let streams = select_streams(&streams, request.orders_only, request.sales_only).unwrap_or_default();
-        let parameters = serde_json::json!({
-            "pipeline_id": request.pipeline_id,
-            "store_code": request.store_code,
-            "from_date": request.from.to_string(),
-            "to_date": request.to.to_string(),
-            "orders_only": request.orders_only,
-            "sales_only": request.sales_only,
-        })
-        .to_string();
-        queue::create_run(&request.run_id, "sync_window", &request.run_env, Utc::now().date_naive(), &parameters)?;
-        let window = Window {
-            pipeline_id: request.pipeline_id,
-            store_code: request.store_code.clone(),
-            from: request.from,
-            to: request.to,
-        };
-        match queue::enqueue(&request.run_id, &window, &streams, "manual")? {
-            Some(job_id) => Ok(Ok(job_id)),
-            None => Ok(Err(queue::active_run_of(&window)?.unwrap_or_default())),
-        }
-    });
-    match queued {
+    match in_transaction(|| queue_manual_window(&request)) {
         Ok(Ok(job_id)) => {
             run_job(job_id, &request.store_code);
+            in_transaction_or_log(&format!("close run {}", request.run_id), || queue::finish_run(&request.run_id));
         }
         Ok(Err(active_run)) => {
+            // The run ends with nothing done; the note (written after the close, which sets
+            // `counts`) tells the waiting caller why.
             let note = format!("window already queued or running in run {active_run}");
-            let _ = in_transaction(|| {
+            in_transaction_or_log(&format!("close run {}", request.run_id), || {
+                queue::finish_run(&request.run_id)?;
                 Spi::run_with_args(
-                    "UPDATE orders_sync.pipeline_run_summaries SET counts = jsonb_build_object('note', $2::text)
+                    "UPDATE orders_sync.pipeline_run_summaries SET counts = counts || jsonb_build_object('note', $2::text)
                      WHERE run_id = $1",
                     &[request.run_id.as_str().into(), note.as_str().into()],
                 )
             });
         }
-        Err(message) => {
-            log!("orders_sync: sync_window could not queue its window: {message}");
-            return;
-        }
-    }
-    if let Err(message) = in_transaction(|| queue::finish_run(&request.run_id)) {
-        log!("orders_sync: could not close run {}: {message}", request.run_id);
+        Err(message) => log!("orders_sync: sync_window could not queue its window: {message}"),
     }
 }
 
-fn pg_date(date: pgrx::datum::Date) -> Option<NaiveDate> {
-    NaiveDate::from_ymd_opt(date.year(), date.month() as u32, date.day() as u32)
-}
-
-/// Starts a dynamic worker in the caller's database (its OID is the worker's argument, the
-/// request its `bgw_extra`) and waits until it exits. The caller's transaction stays open:
-/// the worker commits on its own, and the caller then reads the result with a fresh snapshot.
-pub fn run_dynamic_worker(what: &str, function: &str, extra: &str) {
-    let worker = BackgroundWorkerBuilder::new(&format!("orders_sync {what}"))
-        .set_type(&format!("orders_sync {what}"))
-        .set_library("orders_sync")
-        .set_function(function)
-        .set_argument(Some(pg_sys::Datum::from(unsafe { pg_sys::MyDatabaseId }.to_u32())))
-        .set_extra(extra)
-        .enable_spi_access()
-        .set_notify_pid(unsafe { pg_sys::MyProcPid })
-        .load_dynamic()
-        .unwrap_or_else(|_| {
-            SqlError {
-                code: PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-                message: format!("could not start the {what} worker: no free worker slot"),
-                hint: Some("Raise max_worker_processes, or retry when running syncs have finished.".into()),
-            }
-            .raise()
-        });
-    match worker.wait_for_shutdown() {
-        Ok(()) | Err(BackgroundWorkerStatus::Stopped) => {}
-        Err(status) => SqlError::internal(format!("{what} worker did not finish normally ({status:?})"))
-            .with_hint("See the server log.")
-            .raise(),
+/// The manual run and its one job; `Err(run)` when the window is already queued or running in
+/// another run.
+fn queue_manual_window(request: &ManualWindow) -> pgrx::spi::SpiResult<Result<i64, String>> {
+    let streams: Vec<String> = Spi::get_one_with_args::<Vec<String>>(
+        "SELECT streams FROM orders_sync.pipelines WHERE id = $1",
+        &[request.pipeline_id.into()],
+    )?
+    .unwrap_or_default();
+    let streams = select_streams(&streams, request.orders_only, request.sales_only).unwrap_or_default();
+    let parameters = serde_json::json!({
+        "pipeline_id": request.pipeline_id,
+        "store_code": request.store_code,
+        "from_date": request.from.to_string(),
+        "to_date": request.to.to_string(),
+        "orders_only": request.orders_only,
+        "sales_only": request.sales_only,
+    })
+    .to_string();
+    queue::create_run(&request.run_id, "sync_window", &request.run_env, Utc::now().date_naive(), &parameters)?;
+    let window = Window {
+        pipeline_id: request.pipeline_id,
+        store_code: request.store_code.clone(),
+        from: request.from,
+        to: request.to,
+    };
+    match queue::enqueue(&request.run_id, &window, &streams, "manual")? {
+        Some(job_id) => Ok(Ok(job_id)),
+        None => Ok(Err(queue::active_run_of(&window)?.unwrap_or_default())),
     }
 }
 
-/// `orders_sync.sync_window(...)`: one manual window for one pipeline and store (seed 003 §B),
-/// fetched by a background worker; returns the window's final status.
+/// `orders_sync.sync_window(...)`: one manual window for one pipeline and store
+/// (docs/design.md, Manual windows), fetched by a background worker; returns the window's
+/// final status.
 #[pg_extern(volatile, parallel_unsafe)]
 fn sync_window(
     pipeline: &str,
@@ -520,14 +440,14 @@ fn sync_window(
     sales_only: default!(bool, false),
     run_env: default!(&str, "'manual'"),
 ) -> String {
-    let request = manual_window_request(pipeline, store_code, from_date, to_date, orders_only, sales_only, run_env)
-        .unwrap_or_else(|error| error.raise());
-    run_dynamic_worker("sync_window", "orders_sync_window_worker", &request.encode());
-    window_result(&request)
+    let request =
+        manual_window_request(pipeline, store_code, from_date, to_date, orders_only, sales_only, run_env).or_raise();
+    bgw::run_worker_and_wait(&request).or_raise();
+    window_result(&request).or_raise()
 }
 
 /// After the worker is gone: the job's status, with a NOTICE saying why when it did not succeed.
-fn window_result(request: &ManualWindow) -> String {
+fn window_result(request: &ManualWindow) -> SqlResult<String> {
     // A non-read-only SPI call takes a fresh snapshot, so it sees what the worker committed
     // after this statement began; a read-only one would not.
     let row = Spi::connect_mut(|client| {
@@ -549,37 +469,36 @@ fn window_result(request: &ManualWindow) -> String {
             row.get::<String>(3)?,
             row.get::<String>(4)?,
         )))
-    })
-    .unwrap_or_else(|error| SqlError::internal(error.to_string()).raise());
+    })?;
     let Some((run_status, job_status, error_message, note)) = row else {
-        SqlError::internal(format!("sync_window worker exited before recording run {}", request.run_id))
-            .with_hint("See the server log for the worker's error.")
-            .raise()
+        return Err(SqlError::internal(format!("sync_window worker exited before recording run {}", request.run_id))
+            .with_hint("See the server log for the worker's error."));
     };
     if let Some(note) = note {
-        SqlError {
-            code: PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
-            message: format!(
-                "store {} window {}..{} was not synced: {note}",
-                request.store_code, request.from, request.to
-            ),
-            hint: Some("Wait for that run to finish; a window is never queued twice.".into()),
+        return Err(SqlError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            format!("store {} window {}..{} was not synced: {note}", request.store_code, request.from, request.to),
+        )
+        .with_hint("Wait for that run to finish; a window is never queued twice."));
+    }
+    let status_text = job_status.unwrap_or(run_status);
+    let status = match JobStatus::parse(&status_text) {
+        Some(status) if status.is_final() => status,
+        _ => {
+            return Err(SqlError::internal(format!(
+                "sync_window worker exited with run {} still {status_text}",
+                request.run_id
+            ))
+            .with_hint("See the server log; orders_sync.reset_stuck_runs() cleans such rows up."))
         }
-        .raise()
+    };
+    if let Some(message) = error_message.filter(|_| status != JobStatus::Ended(WindowStatus::Success)) {
+        notice!("store {} window {}..{} {}: {message}", request.store_code, request.from, request.to, status.as_str());
     }
-    let status = job_status.unwrap_or(run_status);
-    if status == "running" || status == "queued" {
-        SqlError::internal(format!("sync_window worker exited with run {} still {status}", request.run_id))
-            .with_hint("See the server log; orders_sync.reset_stuck_runs() cleans such rows up.")
-            .raise()
-    }
-    if let Some(message) = error_message.filter(|_| status != "success") {
-        notice!("store {} window {}..{} {status}: {message}", request.store_code, request.from, request.to);
-    }
-    status
+    Ok(status.as_str().to_string())
 }
 
-/// Validates `sync_window`'s arguments and applies seed 003 §B's defaults
+/// Validates `sync_window`'s arguments and applies the manual window's defaults
 /// (`to_date` = today, `from_date` = today − 89, in the pipeline's time zone).
 fn manual_window_request(
     pipeline: &str,
@@ -589,16 +508,8 @@ fn manual_window_request(
     orders_only: bool,
     sales_only: bool,
     run_env: &str,
-) -> Result<ManualWindow, SqlError> {
-    if run_env.is_empty()
-        || run_env.len() > 32
-        || !run_env.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-    {
-        return Err(SqlError::invalid_argument(
-            "run_env",
-            format!("\"{run_env}\" is not 1-32 characters of [A-Za-z0-9_.-]"),
-        ));
-    }
+) -> SqlResult<ManualWindow> {
+    let run_env = names::env_argument("run_env", Some(run_env))?;
     let found = Spi::connect(|client| {
         let table = client.select(
             "SELECT p.id, p.timezone, p.streams, p.sync_group, s.sync_group
@@ -619,8 +530,7 @@ fn manual_window_request(
             row.get::<String>(4)?.unwrap_or_default(),
             row.get::<String>(5)?,
         )))
-    })
-    .map_err(|error| SqlError::internal(error.to_string()))?;
+    })?;
     let Some((pipeline_id, timezone, streams, pipeline_group, store_group)) = found else {
         return Err(SqlError::invalid_argument("pipeline", format!("no pipeline with code \"{pipeline}\""))
             .with_hint("See SELECT code FROM orders_sync.pipelines."));
@@ -651,11 +561,15 @@ fn manual_window_request(
     })?;
     let today = clock::today_in(zone, Utc::now());
     let to = match to_date {
-        Some(date) => pg_date(date).ok_or_else(|| SqlError::invalid_argument("to_date", "must be a finite date"))?,
+        Some(date) => {
+            clock::from_pg(date).ok_or_else(|| SqlError::invalid_argument("to_date", "must be a finite date"))?
+        }
         None => today,
     };
     let from = match from_date {
-        Some(date) => pg_date(date).ok_or_else(|| SqlError::invalid_argument("from_date", "must be a finite date"))?,
+        Some(date) => {
+            clock::from_pg(date).ok_or_else(|| SqlError::invalid_argument("from_date", "must be a finite date"))?
+        }
         None => today - chrono::Days::new(89),
     };
     if from > to {
@@ -664,18 +578,16 @@ fn manual_window_request(
     }
     // Process id and clock make the run id unique without a round trip.
     let run_id = format!("sw-{}-{}", Utc::now().format("%Y%m%d%H%M%S%6f"), unsafe { pg_sys::MyProcPid });
-    let request = ManualWindow {
+    Ok(ManualWindow {
         run_id,
-        run_env: run_env.to_string(),
+        run_env,
         pipeline_id,
         store_code: store_code.to_string(),
         from,
         to,
         orders_only,
         sales_only,
-    };
-    debug_assert!(request.encode().len() <= ManualWindow::MAX_ENCODED);
-    Ok(request)
+    })
 }
 
 #[cfg(test)]
@@ -695,7 +607,7 @@ mod tests {
             sales_only: true,
         };
         let encoded = request.encode();
-        assert!(encoded.len() <= ManualWindow::MAX_ENCODED, "{} bytes", encoded.len());
+        assert!(encoded.len() <= bgw::MAX_ENCODED, "{} bytes", encoded.len());
         assert_eq!(ManualWindow::decode(&encoded), Some(request));
         assert_eq!(ManualWindow::decode("garbage"), None);
     }

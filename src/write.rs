@@ -8,6 +8,7 @@ use chrono::NaiveDate;
 use pgrx::prelude::*;
 use pgrx::spi::SpiResult;
 
+use crate::clock;
 use crate::fetch::Record;
 use crate::outcome::{PulledStamp, WindowStatus};
 
@@ -88,8 +89,8 @@ pub fn write_page(
             &[
                 window.pipeline_id.into(),
                 window.store_code.as_str().into(),
-                pg_date(window.from).into(),
-                pg_date(window.to).into(),
+                clock::to_pg(window.from).into(),
+                clock::to_pg(window.to).into(),
                 stream.into(),
                 page_no.into(),
                 next_page_token.into(),
@@ -214,7 +215,7 @@ fn insert_records(
     let mut payloads = Vec::with_capacity(records.len());
     let mut md5s = Vec::with_capacity(records.len());
     for record in records {
-        dates.push(pg_date(record.date));
+        dates.push(clock::to_pg(record.date));
         md5s.push(pgrx::datum::Uuid::from_bytes(record.payload_md5));
         ids.push(record.id);
         amounts.push(record.amount);
@@ -257,16 +258,6 @@ fn insert_records(
     Ok(written.len() as i64)
 }
 
-/// A date as PostgreSQL's own `date` datum: days since 2000-01-01, built without a call
-/// into the server (this runs for every record written).
-fn pg_date(date: NaiveDate) -> pgrx::datum::Date {
-    let pg_epoch = NaiveDate::from_ymd_opt(2000, 1, 1).expect("2000-01-01 is a date");
-    let days = (date - pg_epoch).num_days();
-    // SAFETY: every date written is a window's bound or lies within a window, and windows
-    // come from PostgreSQL dates: the day count is in `date`'s range (4713 BC..5874897 AD).
-    unsafe { pgrx::datum::Date::from_pg_epoch_days(days as i32) }
-}
-
 /// Whether the window holds no records of `stream` yet.
 pub fn window_is_empty(window: &Window, stream: &str) -> SpiResult<bool> {
     Spi::get_one_with_args::<bool>(
@@ -278,8 +269,8 @@ pub fn window_is_empty(window: &Window, stream: &str) -> SpiResult<bool> {
             window.pipeline_id.into(),
             window.store_code.as_str().into(),
             stream.into(),
-            pg_date(window.from).into(),
-            pg_date(window.to).into(),
+            clock::to_pg(window.from).into(),
+            clock::to_pg(window.to).into(),
         ],
     )
     .map(|empty| empty.unwrap_or(false))
@@ -315,8 +306,8 @@ pub fn complete_window(completion: &Completion) -> SpiResult<i64> {
     let window = completion.window;
     // Dates go in as `date` values: a text parameter cast in the query (`$3::date`) is not
     // folded (the cast is only stable) and would be re-parsed for every row scanned.
-    let from = pg_date(window.from);
-    let to = pg_date(window.to);
+    let from = clock::to_pg(window.from);
+    let to = clock::to_pg(window.to);
     // Stale records: those in the range the source did not return. Found first with EXCEPT
     // (a hashed set difference, linear whatever the statistics say), then deleted by primary
     // key. One statement joining the two gets planned from the freshly loaded table's empty

@@ -7,14 +7,15 @@
 //! `run_profiler` enqueues exactly the `will_run` rows of `plan_selection`, so the dry run and
 //! the real run cannot disagree.
 
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiError};
 use pgrx::PgSqlErrorCode;
 
 use super::{merge_day_ranges, plan_store, PlannedWindow, Policy};
 use crate::clock;
-use crate::errors::SqlError;
+use crate::errors::{OrRaise, SqlError};
+use crate::names;
 
 /// Upper bound for `window_days` and `overlap_days`: ten years is already absurd.
 const MAX_DAYS: i32 = 3660;
@@ -60,17 +61,7 @@ impl PlanParams {
         store_code: Option<&str>,
         as_of: Option<Date>,
     ) -> Result<Self, SqlError> {
-        let env = match env {
-            None => {
-                return Err(SqlError::invalid_argument("env", "must not be NULL")
-                    .with_hint("Pass the environment the runs are recorded under, e.g. env => 'prod'."))
-            }
-            Some(env) if is_env_name(env) => env.to_string(),
-            Some(_) => {
-                return Err(SqlError::invalid_argument("env", "must be 1 to 32 letters, digits, '_', '.' or '-'")
-                    .with_hint("Pass the environment the runs are recorded under, e.g. env => 'prod'."))
-            }
-        };
+        let env = names::env_argument("env", env)?;
         let sync_group = match sync_group {
             Some("TD") => SyncGroup::Td,
             Some("UC") => SyncGroup::Uc,
@@ -93,7 +84,7 @@ impl PlanParams {
             SqlError::invalid_argument("force", "must not be NULL").with_hint("Pass true or false (the default).")
         })?;
         let store_code = match store_code {
-            Some(code) if !is_store_code(code) => {
+            Some(code) if !names::is_store_code(code) => {
                 return Err(SqlError::invalid_argument("store_code", "not a valid store code")
                     .with_hint("Store codes are 1 to 8 letters, digits, '_', '.' or '-'; NULL plans every store."))
             }
@@ -101,7 +92,7 @@ impl PlanParams {
         };
         let as_of = match as_of {
             None => None,
-            Some(date) => Some(naive_date(date).ok_or_else(|| {
+            Some(date) => Some(clock::from_pg(date).ok_or_else(|| {
                 SqlError::invalid_argument("as_of", "must be a finite date")
                     .with_hint("Pass a calendar date, or NULL for today in each pipeline's time zone.")
             })?),
@@ -120,18 +111,6 @@ fn days_argument(name: &str, value: Option<i32>, min: i32) -> Result<u32, SqlErr
                 .with_hint(hint))
         }
     }
-}
-
-fn is_env_name(env: &str) -> bool {
-    (1..=32).contains(&env.len()) && env.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
-
-/// The alphabet of `store_master.store_code` (its CHECK constraint).
-fn is_store_code(code: &str) -> bool {
-    let bytes = code.as_bytes();
-    (1..=8).contains(&bytes.len())
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(b))
 }
 
 /// Echoes user input in a message without letting it run on.
@@ -240,7 +219,7 @@ fn load_selection(
             let Some(pipeline) = pipelines.iter().position(|p| p.id == pipeline_id) else {
                 continue;
             };
-            let Some(start_date) = naive_date(start) else {
+            let Some(start_date) = clock::from_pg(start) else {
                 pgrx::warning!(
                     "orders_sync: store {store_code} skipped: its start_date {start} is not a plannable date"
                 );
@@ -261,11 +240,13 @@ fn load_selection(
                         return Err(unexpected_null("from_date or to_date"));
                     };
                     let pairs = from.iter().zip(to).map(|(&f, &t)| (i64::from(f), i64::from(t)));
-                    merge_day_ranges(pairs, pg_day(start_date), pg_day(today))
+                    merge_day_ranges(pairs, clock::pg_epoch_days(start_date), clock::pg_epoch_days(today))
                 }
                 _ => Vec::new(),
             };
-            let successes = covered.into_iter().map(|(f, t)| (date_of_pg_day(f), date_of_pg_day(t))).collect();
+            // Merged ranges are clipped to start..today: both ends are valid dates.
+            let day = |d| clock::from_pg_epoch_days(d).expect("a clipped window lies between two valid dates");
+            let successes = covered.into_iter().map(|(f, t)| (day(f), day(t))).collect();
             stores.push(StoreHistory { pipeline, store_code, start_date, successes });
         }
         // Pipelines are already ordered by code; store_master.store_code is COLLATE "C", so
@@ -301,10 +282,12 @@ fn load_pipelines(
         let today = match params.as_of {
             Some(date) => date,
             None => {
-                let zone = clock::parse_timezone(&zone_name).ok_or_else(|| SqlError {
-                    code: PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                    message: format!("pipeline {code} has an unknown time zone \"{}\"", shorten(&zone_name)),
-                    hint: Some("Set orders_sync.pipelines.timezone to an IANA name such as 'Asia/Ho_Chi_Minh'.".into()),
+                let zone = clock::parse_timezone(&zone_name).ok_or_else(|| {
+                    SqlError::new(
+                        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                        format!("pipeline {code} has an unknown time zone \"{}\"", shorten(&zone_name)),
+                    )
+                    .with_hint("Set orders_sync.pipelines.timezone to an IANA name such as 'Asia/Ho_Chi_Minh'.")
                 })?;
                 clock::today_in(zone, now)
             }
@@ -372,36 +355,6 @@ fn unexpected_null(column: &str) -> SqlError {
     SqlError::internal(format!("orders_sync planner: unexpected NULL in column {column}"))
 }
 
-/// Day number of 2000-01-01 (PostgreSQL's date epoch) counted from 0001-01-01 as day 1.
-const PG_EPOCH_CE_DAYS: i64 = 730_120;
-
-fn pg_day(date: NaiveDate) -> i64 {
-    i64::from(date.num_days_from_ce()) - PG_EPOCH_CE_DAYS
-}
-
-/// Only for days between two valid dates (merged windows are clipped to start..today).
-fn date_of_pg_day(day: i64) -> NaiveDate {
-    i32::try_from(day + PG_EPOCH_CE_DAYS)
-        .ok()
-        .and_then(NaiveDate::from_num_days_from_ce_opt)
-        .expect("a clipped window lies between two valid dates")
-}
-
-/// `None` for ±infinity and for dates beyond chrono's range (years past 262142).
-fn naive_date(date: Date) -> Option<NaiveDate> {
-    if !date.is_finite() {
-        return None;
-    }
-    i32::try_from(i64::from(date.to_pg_epoch_days()) + PG_EPOCH_CE_DAYS)
-        .ok()
-        .and_then(NaiveDate::from_num_days_from_ce_opt)
-}
-
-fn pg_date(date: NaiveDate) -> Date {
-    // Every NaiveDate is inside PostgreSQL's date range, so nothing saturates.
-    Date::saturating_from_raw(pg_day(date) as i32)
-}
-
 /// The plan as a table: one row per window of each selected store and pipeline, ordered by
 /// pipeline, store and date. Read-only: this is the dry run of `run_profiler`.
 #[pg_extern(stable)]
@@ -425,16 +378,15 @@ fn plan_sync_windows(
         name!(will_run, bool),
     ),
 > {
-    let params = PlanParams::from_sql_args(env, sync_group, window_days, overlap_days, force, store_code, as_of)
-        .unwrap_or_else(|e| e.raise());
-    let (pipelines, stores) =
-        Spi::connect(|client| load_selection(client, &params, Utc::now())).unwrap_or_else(|e| e.raise());
+    let params =
+        PlanParams::from_sql_args(env, sync_group, window_days, overlap_days, force, store_code, as_of).or_raise();
+    let (pipelines, stores) = Spi::connect(|client| load_selection(client, &params, Utc::now())).or_raise();
     TableIterator::new(plan_rows(pipelines, stores, params.policy).map(|row| {
         (
             row.pipeline_code,
             row.store_code,
-            pg_date(row.window.from),
-            pg_date(row.window.to),
+            clock::to_pg(row.window.from),
+            clock::to_pg(row.window.to),
             row.window.reason.as_str(),
             row.window.will_run,
         )
@@ -444,33 +396,6 @@ fn plan_sync_windows(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pg_epoch_is_2000_01_01() {
-        let epoch = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap();
-        assert_eq!(pg_day(epoch), 0);
-        assert_eq!(date_of_pg_day(0), epoch);
-        assert_eq!(date_of_pg_day(pg_day(NaiveDate::from_ymd_opt(2026, 1, 7).unwrap())).to_string(), "2026-01-07");
-    }
-
-    #[test]
-    fn store_codes_follow_store_master() {
-        assert!(is_store_code("S001"));
-        assert!(is_store_code("a.b_c-12"));
-        assert!(!is_store_code(""));
-        assert!(!is_store_code("S00000001"));
-        assert!(!is_store_code("../x"));
-        assert!(!is_store_code("_S1"));
-    }
-
-    #[test]
-    fn env_names_follow_run_summaries() {
-        assert!(is_env_name("prod"));
-        assert!(is_env_name("staging-2.eu_west"));
-        assert!(!is_env_name(""));
-        assert!(!is_env_name(&"x".repeat(33)));
-        assert!(!is_env_name("prod; DROP"));
-    }
 
     #[test]
     fn long_input_is_shortened_in_messages() {
