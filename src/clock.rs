@@ -29,7 +29,8 @@ pub fn pg_epoch_days(date: NaiveDate) -> i64 {
 
 /// The date `days` after PostgreSQL's epoch; `None` beyond chrono's range.
 pub fn from_pg_epoch_days(days: i64) -> Option<NaiveDate> {
-    i32::try_from(days + PG_EPOCH_CE_DAYS).ok().and_then(NaiveDate::from_num_days_from_ce_opt)
+    let ce_days = days.checked_add(PG_EPOCH_CE_DAYS)?;
+    i32::try_from(ce_days).ok().and_then(NaiveDate::from_num_days_from_ce_opt)
 }
 
 /// A `date` value as chrono's: `None` for ±infinity and beyond chrono's range (years past

@@ -97,12 +97,14 @@ mod tests {
     proptest! {
         #[test]
         fn no_cap_is_ever_exceeded(
-            cands in proptest::collection::vec((0u8..3, 0u8..6, 1i64..4), 0..30),
+            cands in proptest::collection::vec((0u8..3, 0u8..6), 0..30),
             runs in proptest::collection::vec((0u8..3, 0u8..6), 0..6),
+            caps in proptest::collection::vec(1i64..4, 3),
             cluster_cap in 1i64..10,
         ) {
+            // One cap per run, as a run's max_workers is.
             let candidates: Vec<Candidate> = cands.iter().enumerate()
-                .map(|(i, (r, s, cap))| candidate(i as i64, &format!("r{r}"), &format!("S{s}"), *cap)).collect();
+                .map(|(i, (r, s))| candidate(i as i64, &format!("r{r}"), &format!("S{s}"), caps[*r as usize])).collect();
             let running: Vec<RunningJob> = runs.iter().map(|(r, s)| running(&format!("r{r}"), &format!("S{s}"))).collect();
             let chosen = choose(&candidates, &running, cluster_cap, usize::MAX);
             prop_assert!(running.len() as i64 + chosen.len() as i64 <= cluster_cap.max(running.len() as i64));
