@@ -1,5 +1,5 @@
--- The "observe" stage: what a DBA watches (seed 002's progress view, freshness, history,
--- stuck candidates). Plain SQL over the queue and the log; nothing here writes.
+-- The "observe" stage: what a DBA watches (docs/design.md#monitoring): progress, freshness,
+-- history, stuck candidates. Plain SQL over the queue and the log; nothing here writes.
 
 -- Whether the session advisory lock a worker holds on a store while it syncs it is taken.
 -- A `running` row next to a free lock means its worker is gone.
@@ -18,7 +18,7 @@ $$;
 COMMENT ON FUNCTION orders_sync.store_lock_held(text) IS
     'True while some orders_sync worker holds the per-store advisory lock of this store.';
 
--- Live progress of each running or recent job (seed 002's v_ads_sync_progress_status).
+-- Live progress of each running or recent job (docs/design.md#monitoring).
 CREATE VIEW orders_sync.job_progress AS
 SELECT j.id AS job_id,
        j.run_id,
@@ -114,7 +114,7 @@ ORDER BY r.started_at DESC;
 
 COMMENT ON VIEW orders_sync.run_history IS 'Every run with its duration, status, summary and counts, newest first.';
 
--- Log rows still `running`, with what tells whether their worker is alive (seed 000).
+-- Log rows still `running`, with what tells whether their worker is alive (docs/design.md#healing).
 CREATE VIEW orders_sync.stuck_candidates AS
 SELECT l.id AS log_id,
        l.run_id,

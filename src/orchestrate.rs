@@ -5,7 +5,7 @@
 //! workers at once: a dynamic "planner" worker creates and commits them, and the caller
 //! waits only for that worker. The planner also decides, under a transaction-level advisory
 //! lock per (env, selection), whether a run of the same selection is still active, in which
-//! case nothing is created (no pile-up, seed 000).
+//! case nothing is created (docs/design.md#no-pile-up).
 
 use chrono::{NaiveDate, Utc};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};

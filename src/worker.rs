@@ -508,7 +508,8 @@ pub fn run_dynamic_worker(what: &str, function: &str, extra: &str) {
     }
 }
 
-/// `orders_sync.sync_window(...)`: one manual window for one pipeline and store (seed 003 §B),
+/// `orders_sync.sync_window(...)`: one manual window for one pipeline and store
+/// (docs/design.md#manual-windows),
 /// fetched by a background worker; returns the window's final status.
 #[pg_extern(volatile, parallel_unsafe)]
 fn sync_window(
@@ -579,7 +580,7 @@ fn window_result(request: &ManualWindow) -> String {
     status
 }
 
-/// Validates `sync_window`'s arguments and applies seed 003 §B's defaults
+/// Validates `sync_window`'s arguments and applies the defaults of docs/design.md#manual-windows
 /// (`to_date` = today, `from_date` = today − 89, in the pipeline's time zone).
 fn manual_window_request(
     pipeline: &str,
