@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seed 003's command line for the profiler, mapped onto orders_sync.run_profiler(...) (SPEC §1).
+# The profiler's command line, mapped onto orders_sync.run_profiler(...) (docs/design.md#command-line).
 # Every value reaches SQL as a psql variable (:'name'), never spliced into the SQL text.
 set -euo pipefail
 

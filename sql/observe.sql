@@ -1,5 +1,5 @@
--- The "observe" stage: what a DBA watches (seed 002's progress view, freshness, history,
--- stuck candidates). Plain SQL over the queue and the log; nothing here writes.
+-- The "observe" stage: what a DBA watches (docs/design.md#monitoring): progress, freshness,
+-- history, stuck candidates. Plain SQL over the queue and the log; nothing here writes.
 
 -- Whether the session advisory lock a worker holds on a store while it syncs it is taken.
 -- A `running` row next to a free lock means its worker is gone.
@@ -30,7 +30,7 @@ COMMENT ON FUNCTION orders_sync.worker_alive(integer) IS
     'True while a server process with this pid exists.';
 
 -- Whether the worker of a `running` job is gone, the one definition the launcher's healing,
--- reset_stuck_runs and stuck_candidates share (docs/design.md, Healing). A job whose worker
+-- reset_stuck_runs and stuck_candidates share (docs/design.md#healing). A job whose worker
 -- reported in is gone when that process is. A job the launcher claimed but whose worker never
 -- reported in (no worker_pid) is gone at once when the claim is older than this server
 -- (a crash-restart kills every worker) or than every running launcher (the one that claimed
@@ -53,7 +53,7 @@ $$;
 COMMENT ON FUNCTION orders_sync.job_worker_gone(integer, timestamptz) IS
     'True when the worker of a running job (its worker_pid, or the launcher''s claim at claimed_at) is gone.';
 
--- Live progress of each running or recent job (seed 002's v_ads_sync_progress_status).
+-- Live progress of each running or recent job (docs/design.md#monitoring).
 CREATE VIEW orders_sync.job_progress AS
 SELECT j.id AS job_id,
        j.run_id,
@@ -149,7 +149,7 @@ ORDER BY r.started_at DESC;
 
 COMMENT ON VIEW orders_sync.run_history IS 'Every run with its duration, status, summary and counts, newest first.';
 
--- Log rows still `running`, with what tells whether their worker is alive (seed 000).
+-- Log rows still `running`, with what tells whether their worker is alive (docs/design.md#healing).
 CREATE VIEW orders_sync.stuck_candidates AS
 SELECT l.id AS log_id,
        l.run_id,

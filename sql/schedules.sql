@@ -1,5 +1,5 @@
--- Schedules through pg_cron and their health (SPEC §7, seed 004: a paused scheduler went
--- unnoticed for a month).
+-- Schedules through pg_cron and their health (docs/design.md#schedules: a paused scheduler
+-- once went unnoticed for a month).
 --
 -- orders_sync.schedules (sql/schema.sql) is the registry of jobs that should exist. The
 -- schedule_* functions create the pg_cron job and its registry row together; the

@@ -103,8 +103,8 @@ CREATE TRIGGER pipeline_credentials_touch_updated_at
     FOR EACH ROW EXECUTE FUNCTION orders_sync.touch_updated_at();
 
 ------------------------------------------------------------------------------------------
--- Stores. Selection rule (seed 003): is_active AND start_date IS NOT NULL AND store_code
--- IS NOT NULL. store_code goes into source URLs, so its alphabet is restricted.
+-- Stores. Selection rule (docs/design.md#store-selection): is_active AND start_date IS NOT
+-- NULL AND store_code IS NOT NULL. store_code goes into source URLs, so its alphabet is restricted.
 ------------------------------------------------------------------------------------------
 CREATE TABLE orders_sync.store_master (
     store_code  VARCHAR(8) COLLATE "C" PRIMARY KEY
@@ -166,7 +166,8 @@ CREATE TRIGGER pipeline_run_summaries_touch_updated_at
     FOR EACH ROW EXECUTE FUNCTION orders_sync.touch_updated_at();
 
 ------------------------------------------------------------------------------------------
--- The sync log, exactly as seed 003 §A, plus CHECKs the seed states in prose.
+-- The sync log, column for column as required, plus CHECKs for the rules required in prose
+-- (docs/design.md#sync-log).
 ------------------------------------------------------------------------------------------
 CREATE TABLE orders_sync.orders_sync_log (
     id BIGSERIAL PRIMARY KEY,
@@ -245,7 +246,7 @@ CREATE INDEX ix_records_window
 
 ------------------------------------------------------------------------------------------
 -- Daily KPI facts per store, pipeline, stream and day, refreshed with every completed
--- window (seed 000's compute_kpi_facts_daily) so dashboards never lag the data.
+-- window (docs/design.md#writing) so dashboards never lag the data.
 ------------------------------------------------------------------------------------------
 CREATE TABLE orders_sync.kpi_facts_daily (
     pipeline     TEXT NOT NULL REFERENCES orders_sync.pipelines (code) ON UPDATE CASCADE ON DELETE CASCADE,
@@ -279,7 +280,7 @@ SELECT pg_catalog.pg_extension_config_dump('orders_sync.kpi_facts_daily', '');
 ------------------------------------------------------------------------------------------
 -- The job queue: one row per window a run (or a manual sync_window call) wants fetched.
 -- A window is never queued twice while one is queued or running: the partial unique index
--- is what makes seed 001's 207 duplicate jobs impossible, whatever the callers do.
+-- is what makes duplicate jobs impossible, whatever the callers do (docs/design.md#no-duplicate-jobs).
 ------------------------------------------------------------------------------------------
 CREATE TABLE orders_sync.sync_jobs (
     id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -326,7 +327,7 @@ CREATE TRIGGER sync_jobs_touch_updated_at
 -- transaction as the page's records. The last page of a stream holds the cursor to resume
 -- from; record_ids tell, at completion, which records the source no longer returns.
 -- Rows are removed when the window completes (whatever its status); an interrupted window
--- keeps them, so its next attempt resumes from the saved cursor (seed 001).
+-- keeps them, so its next attempt resumes from the saved cursor (docs/design.md#resume).
 ------------------------------------------------------------------------------------------
 CREATE TABLE orders_sync.window_pages (
     pipeline_id     BIGINT NOT NULL,
@@ -351,8 +352,9 @@ SELECT pg_catalog.pg_extension_config_dump('orders_sync.sync_jobs_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('orders_sync.window_pages', '');
 
 ------------------------------------------------------------------------------------------
--- Expected pg_cron jobs (seed 004): what should be scheduled, so that a paused, deleted or
--- silently failing job shows up in orders_sync.scheduler_health and can be repaired.
+-- Expected pg_cron jobs: what should be scheduled, so that a paused, deleted or silently
+-- failing job shows up in orders_sync.scheduler_health and can be repaired
+-- (docs/design.md#schedules).
 -- Written by schedule_profiler / schedule_maintenance, which validate the schedule and
 -- build the command (quoting every value); unschedule_all empties it.
 ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-//! The fetch stage: one page of one stream of one store, from a source over HTTP (SPEC §5).
+//! The fetch stage: one page of one stream of one store, from a source over HTTP (docs/design.md#sources).
 //!
 //! ```text
 //! GET {base_url}/v1/stores/{store_code}/{stream}?from=YYYY-MM-DD&to=YYYY-MM-DD&page_size=N[&page_token=T]

@@ -1,4 +1,4 @@
-//! The "observe" stage's one writer: `reset_stuck_runs` (seed 000). The views themselves are
+//! The "observe" stage's one writer: `reset_stuck_runs` (docs/design.md#healing). The views are
 //! plain SQL in `sql/observe.sql`.
 
 use pgrx::prelude::*;

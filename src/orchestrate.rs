@@ -5,7 +5,7 @@
 //! workers at once: a dynamic "planner" worker creates and commits them, and the caller
 //! waits only for that worker. The planner also decides, under a transaction-level advisory
 //! lock per (env, selection), whether a run of the same selection is still active, in which
-//! case nothing is created (no pile-up, seed 000).
+//! case nothing is created (docs/design.md#no-pile-up).
 
 use chrono::{NaiveDate, Utc};
 use pgrx::pg_sys;
@@ -105,7 +105,7 @@ impl ProfilerRequest {
 // ---------------------------------------------------------------------------------------
 
 /// Fails `running` jobs (and their log rows) whose worker is gone, by the one definition of
-/// gone (`orders_sync.job_worker_gone`, docs/design.md, Healing). `run_id = None` looks at
+/// gone (`orders_sync.job_worker_gone`, docs/design.md#healing). `run_id = None` looks at
 /// every run. Returns how many were reset.
 pub fn reset_dead_jobs(run_id: Option<&str>) -> pgrx::spi::SpiResult<i64> {
     Spi::get_one_with_args::<i64>(

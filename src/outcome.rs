@@ -1,4 +1,4 @@
-//! Status rules of a window (seed 003 §C), as plain values.
+//! Status rules of a window (docs/design.md#statuses), as plain values.
 //!
 //! A pipeline's streams are pulled in order. The first stream is order data (TD `orders`,
 //! UC `gst`), the second, when the pipeline has one, sales data (TD `sales`):
@@ -177,7 +177,7 @@ pub struct RunSummary {
     pub counts_json: String,
 }
 
-/// End-of-run rule (seed 003 §E): `success` if every window succeeded, `failed` if any
+/// End-of-run rule (docs/design.md#statuses): `success` if every window succeeded, `failed` if any
 /// failed, `partial` if the only non-successes are partials. Windows skipped after a
 /// store's failure count with neither: the failure that caused them already decides.
 pub fn run_summary(counts: &[RunCounts]) -> RunSummary {

@@ -1,8 +1,8 @@
 //! Which date windows of one store + pipeline to sync: plain values in, plain values out.
 //!
-//! Seed 003 "AUTO WINDOW DECISION LOGIC" as settled in SPEC §3, plus the required repair of
-//! holes before the last success (a window that failed while a later one succeeded is never
-//! re-run by the seed's forward-only walk). `sql` wraps this for the database.
+//! The rules of docs/design.md#windows, including the repair of holes before the last success
+//! (a window that failed while a later one succeeded is never re-run by a walk that only looks
+//! forward from the last success). `sql` wraps this for the database.
 
 pub mod sql;
 
@@ -89,7 +89,8 @@ pub fn plan_store(
     let overlap = i64::from(policy.overlap_days);
     let next_from = if overlap == 0 { last_success_to + 1 } else { max(start, last_success_to - overlap + 1) };
 
-    // Holes before next_from: the seed never looks back, so these would stay missing forever.
+    // Holes before next_from: a forward-only walk would leave these missing forever
+    // (docs/design.md#windows).
     // (The last covered range ends at last_success_to >= next_from - 1, so none is left after.)
     let mut cursor = start;
     for &(lo, hi) in &covered {
@@ -219,7 +220,7 @@ mod tests {
 
     #[test]
     fn jan_6_evening_success_re_runs_jan_6() {
-        // Seed 003: a Jan-6 7pm success still misses late Jan-6 orders, so Jan 6 runs again.
+        // docs/design.md#windows: a Jan-6 7pm success still misses late Jan-6 orders, so Jan 6 runs again.
         let plan = plan_store(d(1, 1), &[(d(1, 1), d(1, 6))], d(1, 7), policy(90, 1));
         assert_eq!(plan, vec![w(d(1, 6), d(1, 7), Reason::Overlap, true)]);
     }

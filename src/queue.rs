@@ -128,7 +128,7 @@ pub fn fail_unstarted_job(job_id: i64, message: &str) -> SpiResult<()> {
 }
 
 /// Starts an attempt: the log row (`running`, attempt_no = earlier attempts at the same
-/// window + 1, seed 003 §C) and the job's running state, in the caller's transaction.
+/// window + 1, docs/design.md#sync-log) and the job's running state, in the caller's transaction.
 pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
     Spi::connect_mut(|client| {
         let row = client

@@ -1,4 +1,4 @@
-//! Schedules through pg_cron and their health (SPEC §7, seed 004).
+//! Schedules through pg_cron and their health (docs/design.md#schedules).
 //!
 //! The pure part answers one question: how often does a cron expression fire, at worst? The
 //! `scheduler_health` view (sql/schedules.sql) calls a job `stale` when it has not succeeded

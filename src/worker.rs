@@ -428,7 +428,7 @@ fn queue_manual_window(request: &ManualWindow) -> pgrx::spi::SpiResult<Result<i6
 }
 
 /// `orders_sync.sync_window(...)`: one manual window for one pipeline and store
-/// (docs/design.md, Manual windows), fetched by a background worker; returns the window's
+/// (docs/design.md#manual-windows), fetched by a background worker; returns the window's
 /// final status.
 #[pg_extern(volatile, parallel_unsafe)]
 fn sync_window(
@@ -498,7 +498,7 @@ fn window_result(request: &ManualWindow) -> SqlResult<String> {
     Ok(status.as_str().to_string())
 }
 
-/// Validates `sync_window`'s arguments and applies the manual window's defaults
+/// Validates `sync_window`'s arguments and applies the defaults of docs/design.md#manual-windows
 /// (`to_date` = today, `from_date` = today − 89, in the pipeline's time zone).
 fn manual_window_request(
     pipeline: &str,

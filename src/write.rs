@@ -276,7 +276,7 @@ pub fn window_is_empty(window: &Window, stream: &str) -> SpiResult<bool> {
     .map(|empty| empty.unwrap_or(false))
 }
 
-/// Stamps the log row once a stream has been pulled completely (seed 003 §C).
+/// Stamps the log row once a stream has been pulled completely (docs/design.md#sync-log).
 pub fn stamp_pulled(log_id: i64, stamp: PulledStamp) -> SpiResult<()> {
     let query = format!("UPDATE orders_sync.orders_sync_log SET {} = now() WHERE id = $1", stamp.column());
     Spi::run_with_args(&query, &[log_id.into()])

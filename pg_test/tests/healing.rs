@@ -1,4 +1,4 @@
-//! A window the launcher handed out but whose worker never started (docs/design.md, Healing):
+//! A window the launcher handed out but whose worker never started (docs/design.md#healing):
 //! while the launcher that claimed it lives, a slow worker start gets a minute; once the
 //! server has crash-restarted, or that launcher is gone, the claim is dead at once and the
 //! next launcher's first tick fails it.

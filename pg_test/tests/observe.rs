@@ -1,4 +1,4 @@
-//! The monitoring views and history pruning (SPEC §7, seeds 000 and 002).
+//! The monitoring views and history pruning (docs/design.md#monitoring, #healing).
 
 use orders_sync_pg_test::postgres::Client;
 use orders_sync_pg_test::{connect, ensure_extension, error_of, scalar, Simulator};

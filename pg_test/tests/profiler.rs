@@ -1,6 +1,7 @@
 //! The orchestrator end to end: `run_profiler` plans and enqueues a run through its planner
 //! worker, the launcher hands windows to job workers, and the run closes with its summary
-//! (SPEC §4). Real cluster, real workers, the reference simulator over loopback.
+//! (docs/design.md#statuses, #store-lock, #caps, #no-pile-up). Real cluster, real workers,
+//! the reference simulator over loopback.
 
 use orders_sync_pg_test::postgres::Client;
 use orders_sync_pg_test::{connect, describe, dsn, ensure_extension, error_of, exclusive, scalar, Simulator};

@@ -1,4 +1,4 @@
-//! A server crash-restart in the middle of a run (seed 000): the launcher heals the leftovers,
+//! A server crash-restart in the middle of a run (docs/design.md#healing): the launcher heals the leftovers,
 //! nothing stays `running`, and the next run completes the data from the saved cursors.
 
 use orders_sync_pg_test::postgres::Client;

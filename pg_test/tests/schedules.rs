@@ -1,5 +1,5 @@
-//! Schedules through pg_cron and their health (SPEC §7, seed 004: a paused scheduler went
-//! unnoticed for a month). Real pg_cron: jobs are created, paused and removed for real; run
+//! Schedules through pg_cron and their health (docs/design.md#schedules: a paused scheduler
+//! once went unnoticed for a month). Real pg_cron: jobs are created, paused and removed for real; run
 //! history is written into cron.job_run_details by hand to play out failures and silence.
 //!
 //! Health tests use a yearly schedule so that pg_cron never actually fires a job mid-test.

@@ -1,5 +1,5 @@
 //! Sources end to end: `sync_window` hands a window to a background worker, which fetches it
-//! from the reference simulator over real HTTP and writes it transactionally (SPEC §5, §6).
+//! from the reference simulator over real HTTP and writes it transactionally (docs/design.md#sources, #writing).
 
 use orders_sync_pg_test::postgres::Client;
 use orders_sync_pg_test::{connect, ensure_extension, error_of, scalar, Simulator};

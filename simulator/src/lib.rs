@@ -1,6 +1,6 @@
 //! Reference HTTP source for orders_sync.
 //!
-//! Serves deterministic per-store order data over the wire contract in SPEC §5, plus a control
+//! Serves deterministic per-store order data over the wire contract of docs/design.md#sources, plus a control
 //! API (late rows, deletions, changes, fault injection, request log) and a truth API that tests
 //! compare the database against. See `http.rs` for the routes.
 

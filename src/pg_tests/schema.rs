@@ -1,5 +1,5 @@
-//! The schema of SPEC §2 as installed by CREATE EXTENSION: seed DDL, constraints, triggers,
-//! built-in pipelines and privileges.
+//! The schema as installed by CREATE EXTENSION: the sync log's required DDL
+//! (docs/design.md#sync-log), constraints, triggers, built-in pipelines and privileges.
 
 #[pgrx::pg_schema]
 mod tests {

@@ -1,4 +1,4 @@
-//! The dispatch rules (docs/design.md, Dispatch), as plain values: which of the queued
+//! The dispatch rules (docs/design.md#caps), as plain values: which of the queued
 //! windows may start now. The launcher's tick and a job worker taking its next window both
 //! apply them, through `queue::claim`.
 //!
