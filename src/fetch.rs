@@ -17,7 +17,8 @@
 //! * Bounded: a `Content-Length` over `max_response_bytes` is refused before reading; otherwise
 //!   at most `max_response_bytes` are buffered and one byte more fails the page.
 //! * A page that fails validation returns an error and no records.
-//! * The token never appears in an error, even when a hostile source echoes it back.
+//! * The token never appears in an error, even when a hostile source echoes it back, encoded
+//!   or in part: source text reaches an error only through [`redact`]'s one rule.
 //! * Proxies: reqwest honours `HTTP_PROXY` / `HTTPS_PROXY` / `NO_PROXY` from the server's
 //!   environment, as libcurl-based extensions do.
 //!
@@ -31,7 +32,10 @@
 
 mod backoff;
 mod error;
+#[cfg(test)]
+mod leak_check;
 mod page;
+mod redact;
 #[cfg(test)]
 mod simulator_tests;
 
@@ -46,6 +50,7 @@ use reqwest::{StatusCode, Url};
 pub use backoff::{jitter_sample, parse_retry_after, retry_delay};
 pub use error::FetchError;
 pub use page::{sort_keeping_last_of_each_id, Page, Record, MAX_PAGE_TOKEN_BYTES};
+use redact::{Secrets, MESSAGE_CHARS};
 // Part of the stage's API for callers and tests; nothing outside needs them yet.
 #[allow(unused_imports)]
 pub use {
@@ -121,8 +126,8 @@ pub struct SourceClient {
     http: Client,
     base_url: Url,
     authorization: Option<HeaderValue>,
-    /// Kept only to scrub it from error messages.
-    token: Option<String>,
+    /// What the token looks like, to scrub it from every quote of the source's text.
+    secrets: Secrets,
     page_size: u32,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -135,7 +140,7 @@ impl std::fmt::Debug for SourceClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SourceClient")
             .field("base_url", &self.base_url.as_str())
-            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("secrets", &self.secrets)
             .finish_non_exhaustive()
     }
 }
@@ -170,6 +175,7 @@ impl SourceClient {
             return invalid("max_response_bytes must be at least 1");
         }
         let token = settings.token.filter(|t| !t.is_empty());
+        let secrets = Secrets::new(token.as_deref());
         let authorization = match &token {
             None => None,
             Some(t) => {
@@ -196,7 +202,7 @@ impl SourceClient {
             http,
             base_url,
             authorization,
-            token,
+            secrets,
             page_size: settings.page_size,
             connect_timeout: settings.connect_timeout,
             read_timeout: settings.read_timeout,
@@ -234,7 +240,7 @@ impl SourceClient {
     /// the result is [`FetchError::Cancelled`]. It cannot interrupt a request that is waiting
     /// for headers: that wait is bounded by the read timeout.
     pub fn fetch_page(&self, request: &PageRequest<'_>, should_stop: &dyn Fn() -> bool) -> Result<Page, FetchError> {
-        let url = self.page_url(request).map_err(|e| e.scrubbed(self.token()))?;
+        let url = self.page_url(request)?;
         let mut attempts = 0;
         loop {
             if should_stop() {
@@ -249,17 +255,13 @@ impl SourceClient {
                 Err(failure) => failure,
             };
             if !failure.error.is_retryable() || attempts >= self.max_attempts {
-                return Err(failure.error.with_attempts(attempts).scrubbed(self.token()));
+                return Err(failure.error.with_attempts(attempts));
             }
             let delay = retry_delay(attempts, self.retry_base_delay, failure.retry_after, jitter_sample());
             if !sleep_unless_stopped(delay, should_stop) {
                 return Err(FetchError::Cancelled { attempts });
             }
         }
-    }
-
-    fn token(&self) -> Option<&str> {
-        self.token.as_deref()
     }
 
     fn attempt(
@@ -281,7 +283,7 @@ impl SourceClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
             let body = peek_body(response, Instant::now() + self.read_timeout);
-            let snippet = error::body_snippet(&body, self.token());
+            let snippet = error::body_snippet(&body, &self.secrets);
             return Err(AttemptFailure {
                 error: FetchError::status(status.as_u16(), status.canonical_reason(), snippet),
                 retry_after,
@@ -299,8 +301,16 @@ impl SourceClient {
         }
         let capacity = response.content_length().unwrap_or(0);
         let deadline = Instant::now() + self.read_timeout * BODY_DEADLINE_READ_TIMEOUTS;
-        let body = read_bounded(response, self.max_response_bytes, capacity, deadline, self.read_timeout, should_stop)?;
-        Ok(page::parse_page(&body, request)?)
+        let body = read_bounded(
+            response,
+            self.max_response_bytes,
+            capacity,
+            deadline,
+            self.read_timeout,
+            should_stop,
+            &self.secrets,
+        )?;
+        Ok(page::parse_page(&body, request, &self.secrets)?)
     }
 
     fn request_error(&self, error: reqwest::Error, phase: &'static str) -> FetchError {
@@ -313,9 +323,9 @@ impl SourceClient {
             };
             FetchError::Timeout { phase, limit_ms: millis(limit), attempts: 0 }
         } else if error.is_connect() {
-            FetchError::Connect { detail: error_chain(&error), attempts: 0 }
+            FetchError::Connect { detail: self.secrets.quote(&error_chain(&error), MESSAGE_CHARS), attempts: 0 }
         } else {
-            FetchError::Transport { detail: error_chain(&error), attempts: 0 }
+            FetchError::Transport { detail: self.secrets.quote(&error_chain(&error), MESSAGE_CHARS), attempts: 0 }
         }
     }
 }
@@ -387,6 +397,7 @@ fn read_bounded(
     deadline: Instant,
     read_timeout: Duration,
     should_stop: &dyn Fn() -> bool,
+    secrets: &Secrets,
 ) -> Result<Vec<u8>, FetchError> {
     let too_large = || FetchError::TooLarge { limit, content_length: None, attempts: 0 };
     let mut buffer = Vec::with_capacity(usize::try_from(capacity.min(limit)).unwrap_or(0));
@@ -399,7 +410,7 @@ fn read_bounded(
             Ok(0) => return Ok(buffer),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(body_read_error(&e, read_timeout)),
+            Err(e) => return Err(body_read_error(&e, read_timeout, secrets)),
         };
         if buffer.len() as u64 + n as u64 > limit {
             return Err(too_large());
@@ -417,7 +428,7 @@ fn read_bounded(
 
 /// reqwest's blocking body reader reports its errors as `io::Error`s wrapping a
 /// `reqwest::Error`; a timeout is one whose chain says so.
-fn body_read_error(error: &std::io::Error, read_timeout: Duration) -> FetchError {
+fn body_read_error(error: &std::io::Error, read_timeout: Duration, secrets: &Secrets) -> FetchError {
     let timed_out = error.kind() == std::io::ErrorKind::TimedOut
         || error
             .get_ref()
@@ -426,7 +437,8 @@ fn body_read_error(error: &std::io::Error, read_timeout: Duration) -> FetchError
     if timed_out {
         FetchError::Timeout { phase: "reading the response body", limit_ms: millis(read_timeout), attempts: 0 }
     } else {
-        FetchError::Transport { detail: format!("reading the response body: {}", error_chain(error)), attempts: 0 }
+        let detail = secrets.quote(&format!("reading the response body: {}", error_chain(error)), MESSAGE_CHARS);
+        FetchError::Transport { detail, attempts: 0 }
     }
 }
 
@@ -614,6 +626,7 @@ mod tests {
             Instant::now() + Duration::from_secs(60),
             Duration::from_secs(1),
             &|| false,
+            &Secrets::none(),
         )
         .expect_err("endless body");
         assert_eq!(err, FetchError::TooLarge { limit: 100_000, content_length: None, attempts: 0 });
@@ -624,6 +637,7 @@ mod tests {
             Instant::now() + Duration::from_secs(60),
             Duration::from_secs(1),
             &|| false,
+            &Secrets::none(),
         )
         .expect("a body of exactly the limit is fine");
         assert_eq!(exact.len(), 100_000);
@@ -643,12 +657,20 @@ mod tests {
             Instant::now() + Duration::from_secs(60),
             Duration::from_secs(1),
             &stop_after_two,
+            &Secrets::none(),
         )
         .expect_err("stopped");
         assert_eq!(err, FetchError::Cancelled { attempts: 0 });
-        let err =
-            read_bounded(std::io::repeat(b'x'), u64::MAX, 0, Instant::now(), Duration::from_millis(250), &|| false)
-                .expect_err("past deadline");
+        let err = read_bounded(
+            std::io::repeat(b'x'),
+            u64::MAX,
+            0,
+            Instant::now(),
+            Duration::from_millis(250),
+            &|| false,
+            &Secrets::none(),
+        )
+        .expect_err("past deadline");
         assert!(err.to_string().contains("timed out reading the response body after 1000 ms"), "{err}");
     }
 

@@ -252,6 +252,24 @@ pub enum FaultKind {
     Malformed,
     BadRecord,
     Huge,
+    /// A hostile source: sends the client's credential back in `place`.
+    EchoToken,
+}
+
+/// Where an `echo_token` fault puts the credential it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EchoPlace {
+    /// A record id: the credential and 300 `x`, over the client's id limit.
+    Id,
+    /// A record's date.
+    Date,
+    /// A record's amount, unquoted: a number only when the credential is one.
+    Amount,
+    /// An error body (`status`), raw, percent-encoded and in part.
+    Body,
+    /// Response headers of a 401.
+    Headers,
 }
 
 #[derive(Deserialize)]
@@ -265,6 +283,7 @@ struct FaultSpec {
     retry_after: Option<u64>,
     delay_ms: Option<u64>,
     size_bytes: Option<u64>,
+    place: Option<EchoPlace>,
     times: Option<u64>,
 }
 
@@ -276,6 +295,7 @@ pub struct FaultAction {
     pub retry_after: Option<u64>,
     pub delay: Duration,
     pub size_bytes: u64,
+    pub place: EchoPlace,
 }
 
 #[derive(Debug, Clone)]
@@ -291,10 +311,13 @@ struct FaultRule {
 
 impl FaultRule {
     fn from_spec(s: FaultSpec) -> Result<Self, String> {
-        let status = s.status.unwrap_or(500);
+        let status = s.status.unwrap_or(if s.kind == FaultKind::EchoToken { 400 } else { 500 });
         // 1xx are not final responses; hyper cannot send them as one.
         if !(200..=599).contains(&status) {
             return Err("status must be 200..=599".into());
+        }
+        if s.place.is_some() != (s.kind == FaultKind::EchoToken) {
+            return Err("place is required for echo_token, and only for it".into());
         }
         if s.times == Some(0) {
             return Err("times must be >= 1, or null for forever".into());
@@ -315,6 +338,7 @@ impl FaultRule {
                 retry_after: s.retry_after,
                 delay: Duration::from_millis(s.delay_ms.unwrap_or(default_delay)),
                 size_bytes: s.size_bytes.unwrap_or(64 << 20),
+                place: s.place.unwrap_or(EchoPlace::Body),
             },
         })
     }

@@ -26,8 +26,8 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_A
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::control::{valid_store, valid_stream, App, FaultAction, FaultKind};
-use crate::data::{cents_string, parse_date, MAX_WINDOW_DAYS};
+use crate::control::{valid_store, valid_stream, App, EchoPlace, FaultAction, FaultKind};
+use crate::data::{cents_string, day_string, parse_date, MAX_WINDOW_DAYS};
 use crate::token::{self, PageToken};
 
 /// Control bodies are tiny; anything bigger is a mistake.
@@ -246,7 +246,68 @@ async fn data_request(
             r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r
         }
+        FaultKind::EchoToken => {
+            let r = echo_token(&q, &fault, auth);
+            log(r.status());
+            r
+        }
     }
+}
+
+/// The `echo_token` fault: what a careless or hostile source does with the credential it was
+/// sent (debug echoes, error pages quoting the request). Clients must never show it.
+fn echo_token(q: &PageQuery, fault: &FaultAction, auth: Option<&HeaderValue>) -> Response<SimBody> {
+    let header = auth.map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()).unwrap_or_default();
+    let credential = header.split_once(' ').map_or(header.as_str(), |(_, c)| c);
+    let page = |record: String| {
+        let body = format!("{{\"data\":[{record}],\"next_page_token\":null}}");
+        full(StatusCode::OK, "application/json", Bytes::from(body))
+    };
+    let json = |text: &str| Value::from(text).to_string();
+    let from = json(&day_string(q.from));
+    match fault.place {
+        EchoPlace::Id => {
+            page(format!(r#"{{"id":{},"date":{from}}}"#, json(&format!("{credential}{}", "x".repeat(300)))))
+        }
+        EchoPlace::Date => page(format!(r#"{{"id":"echo-1","date":{}}}"#, json(credential))),
+        EchoPlace::Amount => page(format!(r#"{{"id":"echo-1","date":{from},"amount":{credential}}}"#)),
+        EchoPlace::Body => {
+            let half: String = credential.chars().take(credential.chars().count().div_ceil(2)).collect();
+            let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::BAD_REQUEST);
+            let message = format!(
+                "you sent {header}; as a URL: {}; lower: {}; starting: {half}",
+                percent_encode(credential, false),
+                percent_encode(credential, true)
+            );
+            error(status, message)
+        }
+        EchoPlace::Headers => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "credential echoed in the headers");
+            if let Some(auth) = auth {
+                r.headers_mut().insert("x-echo-authorization", auth.clone());
+                let challenge = format!("Bearer error_description=\"{credential}\"");
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    r.headers_mut().insert(WWW_AUTHENTICATE, value);
+                }
+            }
+            r
+        }
+    }
+}
+
+/// Every byte but ASCII letters, digits and `-._~` as `%XX`.
+fn percent_encode(text: &str, lower: bool) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for &b in text.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else if lower {
+            out.push_str(&format!("%{b:02x}"));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn status_fault(status: StatusCode, fault: &FaultAction) -> Response<SimBody> {

@@ -363,3 +363,41 @@ fn faults_over_http() {
         s.client.post(format!("{}/_control/faults", s.base)).json(&json!({"kind": "explode"})).send().expect("POST");
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
+
+#[test]
+fn echo_token_sends_the_credential_back_where_asked() {
+    let token = "s3cret/Tok+en=42";
+    let s = Server::start(&["--token", token]);
+    let chain = "/v1/stores/S001/orders?from=2024-01-01&to=2024-01-03&page_size=10";
+    let get = |place: &str| {
+        s.post("/_control/faults", json!({"kind": "echo_token", "place": place, "times": 1}));
+        let r = s.client.get(format!("{}{chain}", s.base)).bearer_auth(token).send().expect("GET");
+        let status = r.status();
+        let headers = r.headers().clone();
+        (status, headers, r.text().expect("body"))
+    };
+    let (status, _, body) = get("id");
+    assert_eq!(status, StatusCode::OK);
+    let page: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(page["data"][0]["id"], format!("{token}{}", "x".repeat(300)));
+    assert_eq!(page["data"][0]["date"], "2024-01-01");
+    let (_, _, body) = get("date");
+    assert_eq!(serde_json::from_str::<Value>(&body).expect("JSON")["data"][0]["date"], token);
+    let (_, _, body) = get("amount");
+    assert!(body.contains(&format!("\"amount\":{token}}}")), "{body}");
+    let (status, _, body) = get("body");
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error = serde_json::from_str::<Value>(&body).expect("JSON")["error"].as_str().expect("error").to_owned();
+    for part in [&format!("Bearer {token}"), "s3cret%2FTok%2Ben%3D42", "s3cret%2fTok%2ben%3d42", "starting: s3cret/T"] {
+        assert!(error.contains(part), "{part}: {error}");
+    }
+    let (status, headers, _) = get("headers");
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["x-echo-authorization"], format!("Bearer {token}").as_str());
+    assert_eq!(headers["www-authenticate"], format!("Bearer error_description=\"{token}\"").as_str());
+    // place belongs to echo_token alone.
+    for bad in [json!({"kind": "echo_token"}), json!({"kind": "status", "place": "id"})] {
+        let r = s.client.post(format!("{}/_control/faults", s.base)).json(&bad).send().expect("POST");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+}

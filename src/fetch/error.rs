@@ -1,36 +1,36 @@
 //! What can go wrong fetching a page, worded for the DBA reading `error_message`.
 //!
-//! Every message is built from values we produced or from server-supplied text that went
-//! through [`scrub`]: a hostile source may echo the request headers back, token included.
+//! Every message is built from values we produced and from [`SourceText`]: text from the
+//! source reaches a message only through [`Secrets::quote`], because a hostile source may echo
+//! the request back, token included.
 
 use std::borrow::Cow;
 
-/// What replaces the token wherever it shows up in server-supplied text.
-pub(crate) const REDACTED: &str = "[redacted]";
-/// Longest piece of an error response quoted in a message, in characters.
-const SNIPPET_CHARS: usize = 200;
+use super::redact::{Secrets, SourceText, MESSAGE_CHARS};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
+    /// Our words about the client's settings; never the source's text.
     #[error("invalid source settings: {0}")]
     Settings(String),
 
+    /// Our words about the caller's request; never the source's text.
     #[error("invalid page request: {0}")]
     Request(String),
 
     /// Any status other than 200 (redirects are not followed).
     #[error("source answered HTTP {status_text}{}{}", colon(.snippet), attempts_note(*.attempts))]
-    Status { status: u16, status_text: String, snippet: String, attempts: u32 },
+    Status { status: u16, status_text: String, snippet: SourceText, attempts: u32 },
 
     #[error("timed out {phase} after {limit_ms} ms{}", attempts_note(*.attempts))]
     Timeout { phase: &'static str, limit_ms: u64, attempts: u32 },
 
     #[error("cannot connect to the source: {detail}{}", attempts_note(*.attempts))]
-    Connect { detail: String, attempts: u32 },
+    Connect { detail: SourceText, attempts: u32 },
 
     /// The connection broke while sending the request or reading the response.
     #[error("HTTP exchange with the source failed: {detail}{}", attempts_note(*.attempts))]
-    Transport { detail: String, attempts: u32 },
+    Transport { detail: SourceText, attempts: u32 },
 
     #[error(
         "source response is larger than the limit of {limit} bytes{}{}",
@@ -41,26 +41,26 @@ pub enum FetchError {
 
     /// Not JSON at all, or cut short; `detail` is serde's message with line and column.
     #[error("malformed JSON in source response: {detail}{}", attempts_note(*.attempts))]
-    MalformedJson { detail: String, line: usize, column: usize, attempts: u32 },
+    MalformedJson { detail: SourceText, line: usize, column: usize, attempts: u32 },
 
     /// Valid JSON, wrong shape: no `data` array, a bad `next_page_token`, ...
     #[error("invalid source response: {reason}{}", attempts_note(*.attempts))]
-    InvalidPage { reason: String, attempts: u32 },
+    InvalidPage { reason: SourceText, attempts: u32 },
 
     /// One record broke the contract; the whole page is rejected. `index` counts from 0.
     #[error(
         "invalid record at index {index}{} in source response: {field} {reason}{}",
-        id_note(.id.as_deref()),
+        id_note(.id.as_ref()),
         attempts_note(*.attempts)
     )]
-    InvalidRecord { index: usize, id: Option<String>, field: &'static str, reason: String, attempts: u32 },
+    InvalidRecord { index: usize, id: Option<SourceText>, field: &'static str, reason: SourceText, attempts: u32 },
 
     /// `should_stop` returned true.
     #[error("fetch stopped on request{}", attempts_note(*.attempts))]
     Cancelled { attempts: u32 },
 }
 
-fn colon(snippet: &str) -> String {
+fn colon(snippet: &SourceText) -> String {
     if snippet.is_empty() {
         String::new()
     } else {
@@ -80,8 +80,9 @@ fn declared(content_length: Option<u64>) -> String {
     content_length.map_or_else(String::new, |n| format!(" (Content-Length {n})"))
 }
 
-fn id_note(id: Option<&str>) -> String {
-    id.map_or_else(String::new, |id| format!(" (id {id:?})"))
+fn id_note(id: Option<&SourceText>) -> String {
+    // Not `{:?}`: escaping after the scrub could turn what is left into a secret's text.
+    id.map_or_else(String::new, |id| format!(" (id \"{id}\")"))
 }
 
 /// 408, 429 and 5xx may succeed later; any other status will not.
@@ -90,7 +91,8 @@ pub fn is_retryable_status(status: u16) -> bool {
 }
 
 impl FetchError {
-    pub(crate) fn status(status: u16, reason: Option<&str>, snippet: String) -> Self {
+    /// `reason` is the status's canonical phrase, never the one the source sent.
+    pub(crate) fn status(status: u16, reason: Option<&'static str>, snippet: SourceText) -> Self {
         FetchError::Status {
             status,
             status_text: match reason {
@@ -182,55 +184,11 @@ impl FetchError {
         }
         self
     }
-
-    /// The same error with `token` removed from every piece of text in it.
-    pub(crate) fn scrubbed(mut self, token: Option<&str>) -> Self {
-        let fix = |text: &mut String| *text = scrub(text, token);
-        match &mut self {
-            FetchError::Settings(text) | FetchError::Request(text) => fix(text),
-            FetchError::Status { status_text, snippet, .. } => {
-                fix(status_text);
-                fix(snippet);
-            }
-            FetchError::Connect { detail, .. }
-            | FetchError::Transport { detail, .. }
-            | FetchError::MalformedJson { detail, .. } => fix(detail),
-            FetchError::InvalidPage { reason, .. } => fix(reason),
-            FetchError::InvalidRecord { id, reason, .. } => {
-                if let Some(id) = id {
-                    fix(id);
-                }
-                fix(reason);
-            }
-            FetchError::Timeout { .. } | FetchError::TooLarge { .. } | FetchError::Cancelled { .. } => {}
-        }
-        self
-    }
 }
 
-/// `text` with every occurrence of `token` (as is, JSON-escaped, or with `\/` for `/`)
-/// replaced by [`REDACTED`].
-pub(crate) fn scrub(text: &str, token: Option<&str>) -> String {
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return text.to_owned();
-    };
-    let mut out = text.replace(token, REDACTED);
-    let mut forms = Vec::new();
-    if let Ok(quoted) = serde_json::to_string(token) {
-        forms.push(quoted[1..quoted.len() - 1].to_owned());
-    }
-    forms.push(token.replace('/', "\\/"));
-    for form in forms {
-        if form != token {
-            out = out.replace(&form, REDACTED);
-        }
-    }
-    out
-}
-
-/// A short, single-line, token-free excerpt of an error response for the message: the
+/// A short, single-line, secret-free excerpt of an error response for the message: the
 /// `error` (or `message`) string of a JSON object body, else the body text itself.
-pub(crate) fn body_snippet(body: &[u8], token: Option<&str>) -> String {
+pub(crate) fn body_snippet(body: &[u8], secrets: &Secrets) -> SourceText {
     let raw = String::from_utf8_lossy(body);
     let text: Cow<'_, str> = match serde_json::from_str::<serde_json::Value>(&raw) {
         Ok(serde_json::Value::Object(object)) => ["error", "message"]
@@ -239,33 +197,28 @@ pub(crate) fn body_snippet(body: &[u8], token: Option<&str>) -> String {
             .map_or(raw.clone(), |s| Cow::Owned(s.to_owned())),
         _ => raw.clone(),
     };
-    // Scrubbed before and after flattening, so whitespace games cannot reassemble the token.
-    let flat = scrub(&text, token)
-        .split(|c: char| c.is_whitespace() || c.is_control())
-        .filter(|word| !word.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let flat = scrub(&flat, token);
-    match flat.char_indices().nth(SNIPPET_CHARS) {
-        Some((cut, _)) => format!("{}…", &flat[..cut]),
-        None => flat,
-    }
+    secrets.quote(&text, MESSAGE_CHARS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fetch::redact::REDACTED;
 
     const TOKEN: &str = "tok/en-\"s3cret\"-42";
 
+    fn ours(text: &str) -> SourceText {
+        Secrets::none().quote(text, MESSAGE_CHARS)
+    }
+
     #[test]
     fn messages_say_what_failed_and_how_often() {
-        let e = FetchError::status(500, Some("Internal Server Error"), "injected fault".into());
+        let e = FetchError::status(500, Some("Internal Server Error"), ours("injected fault"));
         assert_eq!(
             e.with_attempts(4).to_string(),
             "source answered HTTP 500 Internal Server Error: injected fault (after 4 attempts)"
         );
-        let e = FetchError::status(404, Some("Not Found"), String::new()).with_attempts(1);
+        let e = FetchError::status(404, Some("Not Found"), SourceText::default()).with_attempts(1);
         assert_eq!(e.to_string(), "source answered HTTP 404 Not Found (after 1 attempt)");
         let e = FetchError::TooLarge { limit: 1024, content_length: Some(5000), attempts: 1 };
         assert_eq!(
@@ -274,9 +227,9 @@ mod tests {
         );
         let e = FetchError::InvalidRecord {
             index: 3,
-            id: Some("orders-1".into()),
+            id: Some(ours("orders-1")),
             field: "date",
-            reason: "is missing".into(),
+            reason: ours("is missing"),
             attempts: 2,
         };
         assert_eq!(
@@ -296,89 +249,54 @@ mod tests {
         }
         let retryable = [
             FetchError::Timeout { phase: "x", limit_ms: 1, attempts: 0 },
-            FetchError::Connect { detail: "refused".into(), attempts: 0 },
-            FetchError::Transport { detail: "reset".into(), attempts: 0 },
+            FetchError::Connect { detail: ours("refused"), attempts: 0 },
+            FetchError::Transport { detail: ours("reset"), attempts: 0 },
         ];
         assert!(retryable.iter().all(FetchError::is_retryable));
         let final_ = [
             FetchError::TooLarge { limit: 1, content_length: None, attempts: 0 },
-            FetchError::MalformedJson { detail: "x".into(), line: 1, column: 1, attempts: 0 },
-            FetchError::InvalidPage { reason: "x".into(), attempts: 0 },
+            FetchError::MalformedJson { detail: ours("x"), line: 1, column: 1, attempts: 0 },
+            FetchError::InvalidPage { reason: ours("x"), attempts: 0 },
             FetchError::Cancelled { attempts: 0 },
         ];
         assert!(!final_.iter().any(FetchError::is_retryable));
     }
 
     #[test]
-    fn token_is_scrubbed_in_every_form() {
-        let escaped = serde_json::to_string(TOKEN).expect("json");
-        let texts = [
-            format!("Authorization: Bearer {TOKEN}"),
-            format!("{{\"echo\":{escaped}}}"),
-            format!("slash-escaped {}", TOKEN.replace('/', "\\/")),
-        ];
-        for text in texts {
-            let out = scrub(&text, Some(TOKEN));
-            assert!(!out.contains(TOKEN) && !out.contains("s3cret"), "{out}");
-            assert!(out.contains(REDACTED), "{out}");
-        }
-        assert_eq!(scrub("nothing here", Some(TOKEN)), "nothing here");
-        assert_eq!(scrub("no token configured", None), "no token configured");
-        assert_eq!(scrub("empty token", Some("")), "empty token");
-    }
-
-    #[test]
-    fn every_text_field_of_an_error_is_scrubbed() {
-        let errors = [
-            FetchError::status(400, Some("Bad Request"), format!("bad {TOKEN}")),
-            FetchError::Transport { detail: format!("reset {TOKEN}"), attempts: 1 },
-            FetchError::MalformedJson { detail: format!("near {TOKEN}"), line: 1, column: 2, attempts: 1 },
-            FetchError::InvalidPage { reason: format!("token {TOKEN}"), attempts: 1 },
-            FetchError::InvalidRecord {
-                index: 0,
-                id: Some(TOKEN.into()),
-                field: "id",
-                reason: format!("is {TOKEN}"),
-                attempts: 1,
-            },
-        ];
-        for e in errors {
-            let text = e.scrubbed(Some(TOKEN)).to_string();
-            assert!(!text.contains("s3cret"), "{text}");
-        }
-    }
-
-    #[test]
     fn snippet_prefers_the_error_field_and_stays_short() {
+        let none = Secrets::none();
         let body = br#"{"error": "missing or\nwrong bearer token"}"#;
-        assert_eq!(body_snippet(body, None), "missing or wrong bearer token");
+        assert_eq!(body_snippet(body, &none).as_str(), "missing or wrong bearer token");
         let long = "x".repeat(10_000);
-        let snippet = body_snippet(long.as_bytes(), None);
-        assert_eq!(snippet.chars().count(), SNIPPET_CHARS + 1);
-        assert!(snippet.ends_with('…'));
+        let snippet = body_snippet(long.as_bytes(), &none);
+        assert_eq!(snippet.as_str().chars().count(), MESSAGE_CHARS + 1);
+        assert!(snippet.as_str().ends_with('…'));
         assert_eq!(
-            body_snippet(b"<html>\r\n<b>Bad\tGateway</b>\x00</html>", None),
+            body_snippet(b"<html>\r\n<b>Bad\tGateway</b>\x00</html>", &none).as_str(),
             "<html> <b>Bad Gateway</b> </html>"
         );
-        assert_eq!(body_snippet(b"\xff\xfe oops", None), "\u{fffd}\u{fffd} oops");
+        assert_eq!(body_snippet(b"\xff\xfe oops", &none).as_str(), "\u{fffd}\u{fffd} oops");
     }
 
     #[test]
     fn snippet_never_shows_an_echoed_token() {
+        let secrets = Secrets::new([TOKEN]);
         // Long enough that a cut after the first 200 characters would split the token.
-        let padding = "p".repeat(SNIPPET_CHARS - 10);
-        let spaced = "a b-secret-token";
+        let padding = "p".repeat(MESSAGE_CHARS - 10);
         let bodies = [
             format!("{padding}Bearer {TOKEN}"),
             format!("{{\"error\": {}}}", serde_json::to_string(&format!("you sent {TOKEN}")).expect("json")),
             format!("{padding} Bearer {TOKEN}"),
         ];
         for body in bodies {
-            let snippet = body_snippet(body.as_bytes(), Some(TOKEN));
-            assert!(!snippet.contains("s3cret") && !snippet.contains("Bearer tok"), "{snippet}");
+            let snippet = body_snippet(body.as_bytes(), &secrets);
+            assert!(!snippet.as_str().contains("s3cret") && !snippet.as_str().contains("Bearer tok"), "{snippet}");
         }
+        let snippet = body_snippet(format!("you sent Bearer {TOKEN}").as_bytes(), &secrets);
+        assert_eq!(snippet.as_str(), format!("you sent Bearer {REDACTED}"));
         // A token with whitespace in it, echoed with its whitespace changed.
-        let snippet = body_snippet(b"got a \n b-secret-token", Some(spaced));
-        assert!(!snippet.contains("b-secret-token"), "{snippet}");
+        let spaced = Secrets::new(["a b-secret-token"]);
+        let snippet = body_snippet(b"got a \n b-secret-token", &spaced);
+        assert!(!snippet.as_str().contains("b-secret-token"), "{snippet}");
     }
 }

@@ -10,6 +10,7 @@ use md5::{Digest, Md5};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::redact::{Secrets, SourceText, MESSAGE_CHARS, VALUE_CHARS};
 use super::{FetchError, PageRequest};
 
 /// Longest record id accepted, in bytes (after JSON unescaping).
@@ -20,8 +21,6 @@ pub const MAX_PAGE_TOKEN_BYTES: usize = 1024;
 /// PostgreSQL's `numeric` (131072 digits before the point, 16383 after).
 const MAX_AMOUNT_CHARS: usize = 100;
 const MAX_AMOUNT_EXPONENT: i64 = 1000;
-/// Server-supplied text quoted in a message is cut to this many characters.
-const QUOTE_CHARS: usize = 40;
 
 /// One record of a page.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,40 +78,47 @@ struct WireRecord<'a> {
     amount: Option<&'a RawValue>,
 }
 
-/// Parses and validates a 200 body for `request`. `attempts` is left 0 for the caller.
-pub(crate) fn parse_page(body: &[u8], request: &PageRequest<'_>) -> Result<Page, FetchError> {
+/// Parses and validates a 200 body for `request`. `attempts` is left 0 for the caller. Text
+/// of the body quoted in an error goes through `secrets` (see [`Secrets::quote`]).
+pub(crate) fn parse_page(body: &[u8], request: &PageRequest<'_>, secrets: &Secrets) -> Result<Page, FetchError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         let (line, column) = line_column(&body[..e.valid_up_to()]);
         FetchError::MalformedJson {
-            detail: format!("invalid UTF-8 at line {line} column {column}"),
+            detail: message(secrets, &format!("invalid UTF-8 at line {line} column {column}")),
             line,
             column,
             attempts: 0,
         }
     })?;
-    let wire: WirePage<'_> = serde_json::from_str(text).map_err(|e| json_error(&e))?;
+    let wire: WirePage<'_> = serde_json::from_str(text).map_err(|e| json_error(&e, secrets))?;
     let mut records = Vec::with_capacity(wire.data.len());
     for (index, raw) in wire.data.iter().enumerate() {
-        records.push(parse_record(index, raw, request)?);
+        records.push(parse_record(index, raw, request, secrets)?);
     }
     let next_page_token = match wire.next_page_token {
         None => None,
-        Some(raw) => Some(parse_next_page_token(raw, request)?),
+        Some(raw) => Some(parse_next_page_token(raw, request, secrets)?),
     };
     let duplicate_ids = sort_keeping_last_of_each_id(&mut records);
     Ok(Page { records, next_page_token, attempts: 0, body_bytes: body.len() as u64, duplicate_ids })
 }
 
-fn json_error(error: &serde_json::Error) -> FetchError {
+/// A message for an error that may contain the body's text.
+fn message(secrets: &Secrets, text: &str) -> SourceText {
+    secrets.quote(text, MESSAGE_CHARS)
+}
+
+/// serde's message quotes the body (`invalid type: string "..."`): that part is quoted as a
+/// value, and the position it reports is kept whole.
+fn json_error(error: &serde_json::Error, secrets: &Secrets) -> FetchError {
+    let text = error.to_string();
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    let what = text.strip_suffix(&position).unwrap_or(&text);
+    let detail = message(secrets, &format!("{}{position}", secrets.quote(what, 2 * VALUE_CHARS)));
     match error.classify() {
         // Valid JSON of the wrong shape: a missing `data`, a string where an array belongs.
-        serde_json::error::Category::Data => FetchError::InvalidPage { reason: error.to_string(), attempts: 0 },
-        _ => FetchError::MalformedJson {
-            detail: error.to_string(),
-            line: error.line(),
-            column: error.column(),
-            attempts: 0,
-        },
+        serde_json::error::Category::Data => FetchError::InvalidPage { reason: detail, attempts: 0 },
+        _ => FetchError::MalformedJson { detail, line: error.line(), column: error.column(), attempts: 0 },
     }
 }
 
@@ -123,12 +129,18 @@ fn line_column(prefix: &[u8]) -> (usize, usize) {
     (line, column)
 }
 
-fn parse_record(index: usize, raw: &RawValue, request: &PageRequest<'_>) -> Result<Record, FetchError> {
+fn parse_record(
+    index: usize,
+    raw: &RawValue,
+    request: &PageRequest<'_>,
+    secrets: &Secrets,
+) -> Result<Record, FetchError> {
+    let value = |text: &str| secrets.quote(text, VALUE_CHARS);
     let invalid = |id: Option<&str>, field: &'static str, reason: String| FetchError::InvalidRecord {
         index,
-        id: id.map(str::to_owned),
+        id: id.map(value),
         field,
-        reason,
+        reason: message(secrets, &reason),
         attempts: 0,
     };
     let kind = json_kind(raw);
@@ -147,7 +159,7 @@ fn parse_record(index: usize, raw: &RawValue, request: &PageRequest<'_>) -> Resu
             }
             if id.len() > MAX_ID_BYTES {
                 let why = format!("is {} bytes long, more than {MAX_ID_BYTES}", id.len());
-                return Err(invalid(Some(&quote_cut(&id)), "id", why));
+                return Err(invalid(Some(&id), "id", why));
             }
             if id.contains('\0') {
                 return Err(invalid(None, "id", "contains a NUL character".into()));
@@ -162,7 +174,7 @@ fn parse_record(index: usize, raw: &RawValue, request: &PageRequest<'_>) -> Resu
         Some(raw_date) => {
             let text = json_string(raw_date).map_err(|why| with_id("date", why))?;
             let date = contract_date(&text)
-                .ok_or_else(|| with_id("date", format!("{:?} is not a YYYY-MM-DD date", quote_cut(&text))))?;
+                .ok_or_else(|| with_id("date", format!("\"{}\" is not a YYYY-MM-DD date", value(&text))))?;
             if date < request.from || date > request.to {
                 let why = format!("{date} is outside the window {}..{}", request.from, request.to);
                 return Err(with_id("date", why));
@@ -174,7 +186,7 @@ fn parse_record(index: usize, raw: &RawValue, request: &PageRequest<'_>) -> Resu
     let amount = match fields.amount {
         None => None,
         Some(raw_amount) => match json_kind(raw_amount) {
-            "a number" => Some(check_amount(raw_amount.get()).map_err(|why| with_id("amount", why))?),
+            "a number" => Some(check_amount(raw_amount.get(), secrets).map_err(|why| with_id("amount", why))?),
             other => return Err(with_id("amount", format!("must be a number or null, not {other}"))),
         },
     };
@@ -191,8 +203,11 @@ fn parse_record(index: usize, raw: &RawValue, request: &PageRequest<'_>) -> Resu
     })
 }
 
-fn parse_next_page_token(raw: &RawValue, request: &PageRequest<'_>) -> Result<String, FetchError> {
-    let invalid = |reason: String| FetchError::InvalidPage { reason: format!("next_page_token {reason}"), attempts: 0 };
+fn parse_next_page_token(raw: &RawValue, request: &PageRequest<'_>, secrets: &Secrets) -> Result<String, FetchError> {
+    let invalid = |reason: String| FetchError::InvalidPage {
+        reason: message(secrets, &format!("next_page_token {reason}")),
+        attempts: 0,
+    };
     let token = json_string(raw).map_err(|why| invalid(format!("{why} (null ends the window)")))?;
     if token.is_empty() {
         return Err(invalid("is empty (null ends the window)".into()));
@@ -260,14 +275,15 @@ fn contract_date(text: &str) -> Option<NaiveDate> {
 }
 
 /// A JSON number's text, if PostgreSQL's `numeric` can hold it.
-fn check_amount(text: &str) -> Result<String, String> {
+fn check_amount(text: &str, secrets: &Secrets) -> Result<String, String> {
     if text.len() > MAX_AMOUNT_CHARS {
         return Err(format!("has {} characters, more than {MAX_AMOUNT_CHARS}", text.len()));
     }
     if let Some(at) = text.find(['e', 'E']) {
         let exponent = text[at + 1..].parse::<i64>().ok().filter(|e| e.abs() <= MAX_AMOUNT_EXPONENT);
         if exponent.is_none() {
-            return Err(format!("{text} has an exponent beyond ±{MAX_AMOUNT_EXPONENT}"));
+            let quoted = secrets.quote(text, VALUE_CHARS);
+            return Err(format!("{quoted} has an exponent beyond ±{MAX_AMOUNT_EXPONENT}"));
         }
     }
     Ok(text.to_owned())
@@ -310,14 +326,6 @@ fn unstorable_escape(json: &str) -> Option<&'static str> {
     None
 }
 
-/// Server text for a message: at most [`QUOTE_CHARS`] characters.
-fn quote_cut(text: &str) -> String {
-    match text.char_indices().nth(QUOTE_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,7 +345,7 @@ mod tests {
     }
 
     fn parse(body: &str) -> Result<Page, FetchError> {
-        parse_page(body.as_bytes(), &window())
+        parse_page(body.as_bytes(), &window(), &Secrets::none())
     }
 
     fn page_of(records: &[&str]) -> String {
@@ -346,7 +354,9 @@ mod tests {
 
     fn record_error(body: &str) -> (usize, Option<String>, &'static str, String) {
         match parse(body) {
-            Err(FetchError::InvalidRecord { index, id, field, reason, .. }) => (index, id, field, reason),
+            Err(FetchError::InvalidRecord { index, id, field, reason, .. }) => {
+                (index, id.map(|id| id.to_string()), field, reason.to_string())
+            }
             other => panic!("expected an invalid record, got {other:?}"),
         }
     }
@@ -535,7 +545,7 @@ mod tests {
             Err(FetchError::MalformedJson { line, column, ref detail, .. }) => {
                 assert_eq!(line, 1);
                 assert!(column > 100, "{column}");
-                assert!(detail.contains(&format!("line 1 column {column}")), "{detail}");
+                assert!(detail.as_str().contains(&format!("line 1 column {column}")), "{detail}");
             }
             other => panic!("expected malformed JSON, got {other:?}"),
         }
@@ -544,7 +554,7 @@ mod tests {
         assert!(message.contains("line 2 column"), "{message}");
         assert!(matches!(parse("{\"data\":[]} trailing"), Err(FetchError::MalformedJson { .. })));
         assert!(matches!(parse(""), Err(FetchError::MalformedJson { .. })));
-        match parse_page(b"{\"data\":[\n\"\xff\"]}", &window()) {
+        match parse_page(b"{\"data\":[\n\"\xff\"]}", &window(), &Secrets::none()) {
             Err(FetchError::MalformedJson { line: 2, column: 2, .. }) => {}
             other => panic!("expected invalid UTF-8 at 2:2, got {other:?}"),
         }
@@ -555,7 +565,7 @@ mod tests {
         for body in [r#"[]"#, r#"{"records":[]}"#, r#"{"data":{}}"#, r#"{"data":null}"#, r#"{"data":[],"data":[]}"#] {
             match parse(body) {
                 Err(FetchError::InvalidPage { reason, .. }) => {
-                    assert!(reason.contains("line 1 column"), "{body}: {reason}")
+                    assert!(reason.as_str().contains("line 1 column"), "{body}: {reason}")
                 }
                 other => panic!("{body}: expected invalid page, got {other:?}"),
             }
@@ -574,7 +584,7 @@ mod tests {
         for (token, expected) in cases {
             match parse(&format!(r#"{{"data":[],"next_page_token":{token}}}"#)) {
                 Err(FetchError::InvalidPage { reason, .. }) => {
-                    assert!(reason.starts_with(&format!("next_page_token {expected}")), "{token}: {reason}");
+                    assert!(reason.as_str().starts_with(&format!("next_page_token {expected}")), "{token}: {reason}");
                 }
                 other => panic!("{token}: expected invalid page, got {other:?}"),
             }
@@ -587,7 +597,7 @@ mod tests {
     #[test]
     fn a_token_that_points_back_at_itself_is_refused() {
         let request = PageRequest { page_token: Some("p3"), ..window() };
-        let err = parse_page(br#"{"data":[],"next_page_token":"p3"}"#, &request).expect_err("loop");
+        let err = parse_page(br#"{"data":[],"next_page_token":"p3"}"#, &request, &Secrets::none()).expect_err("loop");
         assert!(err.to_string().contains("repeats the token of this request"), "{err}");
     }
 
@@ -622,6 +632,31 @@ mod tests {
             page.records.iter().map(|r| (r.id.as_str(), r.amount.as_deref())).collect();
         assert_eq!(kept, [("a", Some("4")), ("b", Some("2"))]);
         assert_eq!(page.duplicate_ids, 2);
+    }
+
+    #[test]
+    fn a_token_echoed_as_an_id_date_amount_or_page_token_is_not_quoted_even_in_part() {
+        use crate::fetch::leak_check::{encodings, leaked_fragment, sample_tokens};
+        for token in sample_tokens() {
+            let secrets = Secrets::new([token.as_str()]);
+            let (_, json) = encodings(&token).into_iter().find(|(name, _)| *name == "json").expect("json");
+            let half: String = token.chars().take(token.chars().count().div_ceil(2)).collect();
+            let long = "x".repeat(MAX_ID_BYTES);
+            let bodies = [
+                page_of(&[&format!(r#"{{"id":"{json}{long}","date":"2024-01-02"}}"#)]),
+                page_of(&[&format!(r#"{{"id":"{json}","amount":1}}"#)]),
+                page_of(&[&format!(r#"{{"id":"a","date":"{json}{long}"}}"#)]),
+                page_of(&[&format!(r#"{{"id":"a","date":"2024-01-02","amount":{token}}}"#)]),
+                page_of(&[&format!(r#"{{"id":"a","date":"2024-01-02","amount":{half}e99999}}"#)]),
+                format!(r#"{{"data":"{json}"}}"#),
+                format!(r#"{{"data":[],"next_page_token":{token}}}"#),
+            ];
+            for body in bodies {
+                let err = parse_page(body.as_bytes(), &window(), &secrets).expect_err(&body);
+                let message = format!("{err} | {err:?}");
+                assert_eq!(leaked_fragment(&message, &token), None, "{message}");
+            }
+        }
     }
 
     #[test]

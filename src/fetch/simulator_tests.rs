@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 use serde_json::{json, Value};
 
+use super::leak_check::{base64, encodings, leaked_fragment, sample_tokens};
 use super::{FetchError, Page, PageRequest, SourceClient, SourceSettings};
 
 fn simulator_binary() -> PathBuf {
@@ -423,13 +424,14 @@ fn connection_refused_is_retried_then_reported() {
     assert!(!message.contains("127.0.0.1:"), "no URL in the message: {message}");
 }
 
-/// A server that answers each connection with the next canned response, with `{auth}`
-/// replaced by the Authorization header it received: a source that echoes credentials.
-fn echo_server(responses: Vec<(&'static str, String)>) -> String {
+/// A source that echoes credentials: it answers each connection with the next response, a
+/// `(head, body)` template filled by [`echo`] from the Authorization header it received. The
+/// head is the status line and any headers; Content-Length and Connection are added.
+fn echoing_source(responses: Vec<(String, String)>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
-        for (status_line, body_template) in responses {
+        for (head_template, body_template) in responses {
             let Ok((mut stream, _)) = listener.accept() else {
                 return;
             };
@@ -444,18 +446,42 @@ fn echo_server(responses: Vec<(&'static str, String)>) -> String {
             let head = String::from_utf8_lossy(&head);
             let auth = head
                 .lines()
-                .find_map(|l| l.strip_prefix("authorization: ").or_else(|| l.strip_prefix("Authorization: ")))
-                .unwrap_or("")
+                .find_map(|l| l.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("authorization")))
+                .map_or("", |(_, value)| value.trim())
                 .to_owned();
-            let body = body_template.replace("{auth}", &auth);
+            let body = echo(&body_template, &auth);
             let _ = write!(
                 stream,
-                "HTTP/1.1 {status_line}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                echo(&head_template, &auth),
                 body.len()
             );
         }
     });
     format!("http://{address}")
+}
+
+/// `template` with `{auth}` replaced by the whole Authorization value, `{b64}` by its base64,
+/// `{NAME}` by the credential in the encoding NAME of [`encodings`] (`{raw}`, `{json}`,
+/// `{percent}`, `{form}`, `{html}`, ...) and `{NAME head}` by its first half so encoded.
+fn echo(template: &str, auth: &str) -> String {
+    let credential = auth.strip_prefix("Bearer ").unwrap_or(auth);
+    let head: String = credential.chars().take(credential.chars().count().div_ceil(2)).collect();
+    let mut out = template.replace("{auth}", auth).replace("{b64}", &base64(auth.as_bytes()));
+    for ((name, whole), (_, half)) in encodings(credential).into_iter().zip(encodings(&head)) {
+        out = out.replace(&format!("{{{name} head}}"), &half).replace(&format!("{{{name}}}"), &whole);
+    }
+    out
+}
+
+/// The old-style canned answer: JSON, with only `{auth}` and friends filled in.
+fn echo_server(responses: Vec<(&'static str, String)>) -> String {
+    echoing_source(
+        responses
+            .into_iter()
+            .map(|(status, body)| (format!("HTTP/1.1 {status}\r\nContent-Type: application/json"), body))
+            .collect(),
+    )
 }
 
 #[test]
@@ -496,5 +522,171 @@ fn hostile_server_echoing_the_token_never_leaks_it() {
     );
     for message in &messages {
         assert!(!message.contains("s3cret"), "token leaked: {message}");
+    }
+}
+
+/// Every place a source can put what it was sent, each as one response.
+fn echo_everywhere() -> Vec<(&'static str, String, String)> {
+    let json = |status: &str| format!("HTTP/1.1 {status}\r\nContent-Type: application/json");
+    let ok = json("200 OK");
+    let padding = "p".repeat(190);
+    let mut cases = vec![
+        // Ids: over-long (cut for the message), plain, encoded, and a part of the token.
+        ("long id", ok.clone(), format!(r#"{{"data":[{{"id":"{{json}}{}","date":"2024-01-02"}}]}}"#, "x".repeat(300))),
+        ("id", ok.clone(), r#"{"data":[{"id":"{json}"}]}"#.to_owned()),
+        ("percent id", ok.clone(), r#"{"data":[{"id":"{percent}"}]}"#.to_owned()),
+        ("half id", ok.clone(), r#"{"data":[{"id":"{json head}"}]}"#.to_owned()),
+        // Dates.
+        ("date", ok.clone(), r#"{"data":[{"id":"a","date":"{json}"}]}"#.to_owned()),
+        ("long date", ok.clone(), format!(r#"{{"data":[{{"id":"a","date":"{{json}}{padding}"}}]}}"#)),
+        ("percent date", ok.clone(), r#"{"data":[{"id":"a","date":"{percent lower}"}]}"#.to_owned()),
+        ("half date", ok.clone(), r#"{"data":[{"id":"a","date":"{json head}"}]}"#.to_owned()),
+        // Amounts: a number when the token is one, else malformed JSON around it.
+        ("amount", ok.clone(), r#"{"data":[{"id":"a","date":"2024-01-02","amount":{raw}}]}"#.to_owned()),
+        (
+            "half amount",
+            ok.clone(),
+            r#"{"data":[{"id":"a","date":"2024-01-02","amount":{raw head}e99999}]}"#.to_owned(),
+        ),
+        ("amount string", ok.clone(), r#"{"data":[{"id":"a","date":"2024-01-02","amount":"{json}"}]}"#.to_owned()),
+        // The page's shape and JSON.
+        ("data string", ok.clone(), r#"{"data":"{json}"}"#.to_owned()),
+        ("percent data string", ok.clone(), r#"{"data":"{percent}"}"#.to_owned()),
+        ("raw in JSON", ok.clone(), r#"{"data":[{raw}]}"#.to_owned()),
+        ("token type", ok.clone(), r#"{"data":[],"next_page_token":{raw}}"#.to_owned()),
+        // Error bodies, in every encoding, whole and in part.
+        (
+            "html body",
+            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html".to_owned(),
+            "<p>Authorization: {auth}</p><p>{html}</p>".to_owned(),
+        ),
+        ("cut body", json("400 Bad Request"), format!("{padding}{{raw}}")),
+        ("base64 body", json("403 Forbidden"), r#"{"error":"credentials {b64}"}"#.to_owned()),
+        ("header body", json("401 Unauthorized"), r#"{"message":"you sent {auth}"}"#.to_owned()),
+    ];
+    for (name, _) in encodings("x") {
+        let status = json("400 Bad Request");
+        cases.push(("encoded body", status.clone(), format!("{{\"error\":\"got {{json}}\",\"echo\":\"{{{name}}}\"}}")));
+        cases.push(("encoded text body", status.clone(), format!("got {{{name}}} and {{{name} head}}")));
+    }
+    // Headers: the reason phrase and header values are never quoted; a broken header line
+    // fails the exchange.
+    cases.push((
+        "headers",
+        "HTTP/1.1 401 {raw}\r\nContent-Type: text/plain\r\nX-Echo: {auth}\r\nWWW-Authenticate: Bearer error_description=\"{json}\"".to_owned(),
+        "nope".to_owned(),
+    ));
+    cases.push(("broken header", "HTTP/1.1 400 Bad Request\r\nX-{raw}: 1".to_owned(), "nope".to_owned()));
+    cases.push(("broken status", "HTTP/1.1 4{raw} Bad".to_owned(), "nope".to_owned()));
+    cases
+}
+
+#[test]
+fn a_source_echoing_the_token_in_every_place_and_form_never_gets_it_into_a_message() {
+    for token in sample_tokens() {
+        let cases = echo_everywhere();
+        let base_url = echoing_source(cases.iter().map(|(_, head, body)| (head.clone(), body.clone())).collect());
+        let client = SourceClient::new(SourceSettings {
+            base_url,
+            token: Some(token.clone()),
+            page_size: 10,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(2),
+            max_attempts: 1,
+            retry_base_delay: Duration::from_millis(1),
+            max_response_bytes: 1 << 20,
+        })
+        .expect("client");
+        for (name, _, _) in &cases {
+            let err = error_of(client.fetch_page(&week("S001", "orders"), &never));
+            let message = format!("{err} | {err:?} | {:?}", err.hint());
+            if let Some(fragment) = leaked_fragment(&message, &token) {
+                panic!("{name}: token {token:?} leaked as {fragment:?} in: {message}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_long_token_echoed_as_an_id_or_date_is_not_quoted_in_part() {
+    // 0.1.1 cut the value to 40 characters, then looked for the whole token in the cut.
+    let token = "sk_live_51HdE7nKq8ZxLmNpRsTuVwXyZ0123456789abcdefGHIJ";
+    let base_url = echo_server(vec![
+        ("200 OK", format!(r#"{{"data":[{{"id":"{{raw}}{}","date":"2024-01-02"}}]}}"#, "x".repeat(300))),
+        ("200 OK", r#"{"data":[{"id":"a","date":"{raw}"}]}"#.to_owned()),
+        ("400 Bad Request", r#"{"error":"bad token {percent}"}"#.to_owned()),
+    ]);
+    let client = SourceClient::new(SourceSettings {
+        base_url,
+        token: Some(token.to_owned()),
+        page_size: 10,
+        connect_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(2),
+        max_attempts: 1,
+        retry_base_delay: Duration::from_millis(1),
+        max_response_bytes: 1 << 20,
+    })
+    .expect("client");
+    let mut messages = Vec::new();
+    for _ in 0..3 {
+        messages.push(error_of(client.fetch_page(&week("S001", "orders"), &never)).to_string());
+    }
+    assert_eq!(
+        messages,
+        [
+            format!(
+                "invalid record at index 0 (id \"[redacted]{}…\") in source response: \
+                 id is {} bytes long, more than 256 (after 1 attempt)",
+                "x".repeat(30),
+                token.len() + 300
+            ),
+            "invalid record at index 0 (id \"a\") in source response: date \"[redacted]\" is not a YYYY-MM-DD date \
+             (after 1 attempt)"
+                .to_owned(),
+            "source answered HTTP 400 Bad Request: bad token [redacted] (after 1 attempt)".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn the_simulator_echoing_the_token_in_each_place_never_gets_it_into_a_message() {
+    // No --token: the simulator then takes any credential, including non-ASCII ones.
+    let sim = Simulator::start(&[]);
+    for token in sample_tokens() {
+        let client =
+            SourceClient::new(SourceSettings { token: Some(token.clone()), ..sim.settings() }).expect("client");
+        let mut messages = Vec::new();
+        for place in ["id", "date", "amount", "body", "headers"] {
+            sim.fault(json!({"kind": "echo_token", "place": place, "times": 1}));
+            let err = error_of(client.fetch_page(&week("S001", "orders"), &never));
+            let message = err.to_string();
+            if let Some(fragment) = leaked_fragment(&format!("{message} | {err:?}"), &token) {
+                panic!("{place}: token {token:?} leaked as {fragment:?} in: {message}");
+            }
+            messages.push(message);
+        }
+        if token.starts_with("sk_live_") {
+            let id_bytes = token.len() + 300;
+            assert_eq!(
+                messages,
+                [
+                    format!(
+                        "invalid record at index 0 (id \"[redacted]{}…\") in source response: \
+                         id is {id_bytes} bytes long, more than 256 (after 1 attempt)",
+                        "x".repeat(30)
+                    ),
+                    "invalid record at index 0 (id \"echo-1\") in source response: \
+                     date \"[redacted]\" is not a YYYY-MM-DD date (after 1 attempt)"
+                        .to_owned(),
+                    "malformed JSON in source response: expected value at line 1 column 54 (after 1 attempt)"
+                        .to_owned(),
+                    "source answered HTTP 400 Bad Request: you sent Bearer [redacted]; as a URL: [redacted]; \
+                     lower: [redacted]; starting: [redacted] (after 1 attempt)"
+                        .to_owned(),
+                    "source answered HTTP 401 Unauthorized: credential echoed in the headers (after 1 attempt)"
+                        .to_owned(),
+                ]
+            );
+        }
     }
 }
