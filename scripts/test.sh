@@ -50,7 +50,7 @@ step() {
 # The extension .so is installed into the system PostgreSQL; concurrent installs (another
 # checkout's test run, whatever its scratch dir) would swap it under a running cluster, so
 # installs and the clusters that load them hold this machine-wide lock.
-locked() { flock /var/tmp/orders_sync-install.lock "$@"; }
+locked() { (flock 9 && "$@") 9>/var/tmp/orders_sync-install.lock; }
 
 integration() {
   locked bash -c '
@@ -96,7 +96,7 @@ step "unit tests (extension, pure)" cargo test -p orders_sync --lib -- --skip pg
 step "unit tests (simulator)" cargo test -p orders_sync_simulator
 step "pgrx tests" locked cargo pgrx test pg15 --runas postgres --pgdata "$work/pgrx-data"
 step "integration tests" integration
-step "demo (short)" demo_smoke
+step "demo (short)" locked demo_smoke
 
 passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failures=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s+=$6} END {print s+0}')

@@ -67,3 +67,14 @@ FROM orders_sync.orders_sync_log l
 JOIN orders_sync.pipelines p ON p.id = l.pipeline_id
 LEFT JOIN orders_sync.sync_jobs j ON j.log_id = l.id
 WHERE l.status = 'running';
+
+-- Bounded pagination (issue 14): each pipeline may narrow the GUCs that bound one window's
+-- paging (orders_sync.max_pages_per_window, orders_sync.max_window_seconds).
+ALTER TABLE orders_sync.pipelines
+    ADD COLUMN max_pages_per_window INTEGER
+        CONSTRAINT pipelines_max_pages_per_window_range CHECK (max_pages_per_window BETWEEN 1 AND 10000000),
+    ADD COLUMN max_window_seconds INTEGER
+        CONSTRAINT pipelines_max_window_seconds_range CHECK (max_window_seconds BETWEEN 1 AND 604800);
+
+-- Edge-case arguments (issue 14): NULL older_than is an argument error, not an empty result.
+ALTER FUNCTION orders_sync.reset_stuck_runs(interval) CALLED ON NULL INPUT;

@@ -66,7 +66,12 @@ CREATE TABLE orders_sync.pipelines (
         CONSTRAINT pipelines_max_attempts_range CHECK (max_attempts BETWEEN 1 AND 20),
     enabled            BOOLEAN NOT NULL DEFAULT true,
     created_at         TIMESTAMPTZ NOT NULL DEFAULT now(),
-    updated_at         TIMESTAMPTZ NOT NULL DEFAULT now()
+    updated_at         TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- Bounds on one window's paging (docs/design.md#bounds); NULL takes the GUC.
+    max_pages_per_window INTEGER
+        CONSTRAINT pipelines_max_pages_per_window_range CHECK (max_pages_per_window BETWEEN 1 AND 10000000),
+    max_window_seconds INTEGER
+        CONSTRAINT pipelines_max_window_seconds_range CHECK (max_window_seconds BETWEEN 1 AND 604800)
 );
 
 COMMENT ON TABLE orders_sync.pipelines IS

@@ -49,6 +49,26 @@ pub fn to_pg(date: NaiveDate) -> Date {
     Date::saturating_from_raw(pg_epoch_days(date).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
 }
 
+/// The dates a caller may pass: from 1900-01-01 to 9999-12-31. Order data has no earlier
+/// days, and later ones overflow what a pipeline's time zone and the sync log can hold.
+pub const FIRST_DATE: NaiveDate = NaiveDate::from_ymd_opt(1900, 1, 1).expect("a date");
+pub const LAST_DATE: NaiveDate = NaiveDate::from_ymd_opt(9999, 12, 31).expect("a date");
+
+/// Validates a date argument of a SQL function: NULL stays `None` (the caller's default
+/// applies), ±infinity and dates outside FIRST_DATE..=LAST_DATE are errors naming `argument`.
+pub fn date_argument(argument: &str, date: Option<Date>) -> Result<Option<NaiveDate>, SqlError> {
+    let Some(date) = date else { return Ok(None) };
+    let hint = format!("Pass a calendar date between {FIRST_DATE} and {LAST_DATE}.");
+    let Some(naive) = from_pg(date) else {
+        return Err(SqlError::invalid_argument(argument, "must be a finite date").with_hint(hint));
+    };
+    if !(FIRST_DATE..=LAST_DATE).contains(&naive) {
+        return Err(SqlError::invalid_argument(argument, format!("{naive} is outside {FIRST_DATE}..{LAST_DATE}"))
+            .with_hint(hint));
+    }
+    Ok(Some(naive))
+}
+
 /// Validates a pipeline's `timezone` column (used by its CHECK constraint). Raises a clear
 /// error instead of returning false so the DBA sees which value was wrong and what to use.
 #[pg_extern(immutable, parallel_safe, strict)]

@@ -35,6 +35,7 @@ mod error;
 #[cfg(test)]
 mod leak_check;
 mod page;
+mod pagination;
 mod redact;
 #[cfg(test)]
 mod simulator_tests;
@@ -50,6 +51,7 @@ use reqwest::{StatusCode, Url};
 pub use backoff::{jitter_sample, parse_retry_after, retry_delay};
 pub use error::FetchError;
 pub use page::{sort_keeping_last_of_each_id, Page, Record, MAX_PAGE_TOKEN_BYTES};
+pub use pagination::{BoundHit, PageBounds, PageGuard};
 use redact::{Secrets, MESSAGE_CHARS};
 // Part of the stage's API for callers and tests; nothing outside needs them yet.
 #[allow(unused_imports)]

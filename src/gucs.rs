@@ -14,6 +14,8 @@ static HTTP_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(4);
 static HTTP_RETRY_BASE_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(500);
 static HTTP_MAX_RESPONSE_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 static DEFAULT_TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"UTC"));
+static MAX_PAGES_PER_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+static MAX_WINDOW_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(6 * 3600);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -84,6 +86,26 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_KB,
     );
+    GucRegistry::define_int_guc(
+        c"orders_sync.max_pages_per_window",
+        c"Most pages one window's stream may be fetched in, unless the pipeline sets its own.",
+        c"A source whose pages never end fails the window instead of holding a worker forever.",
+        &MAX_PAGES_PER_WINDOW,
+        1,
+        10_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"orders_sync.max_window_seconds",
+        c"Longest one attempt may page through a window's stream, unless the pipeline sets its own.",
+        c"A source that pages forever, however slowly, fails the window instead of holding a worker.",
+        &MAX_WINDOW_SECONDS,
+        1,
+        604_800,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_string_guc(
         c"orders_sync.default_timezone",
         c"IANA time zone given to new pipelines that do not name one.",
@@ -100,6 +122,14 @@ fn string_setting(setting: &GucSetting<Option<CString>>, fallback: &str) -> Stri
 
 pub fn database() -> String {
     string_setting(&DATABASE, "postgres")
+}
+
+pub fn max_pages_per_window() -> u32 {
+    MAX_PAGES_PER_WINDOW.get() as u32
+}
+
+pub fn max_window_seconds() -> u64 {
+    MAX_WINDOW_SECONDS.get() as u64
 }
 
 pub fn max_workers() -> u32 {

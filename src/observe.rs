@@ -20,7 +20,7 @@ type ResetRow = (String, String, Option<String>, Option<pgrx::datum::Date>, Opti
 #[pg_extern(volatile, parallel_unsafe)]
 #[allow(clippy::type_complexity)] // the SQL function's result columns, spelled out for pgrx
 fn reset_stuck_runs(
-    older_than: default!(pgrx::datum::Interval, "'1 hour'"),
+    older_than: default!(Option<pgrx::datum::Interval>, "'1 hour'"),
 ) -> TableIterator<
     'static,
     (
@@ -35,11 +35,13 @@ fn reset_stuck_runs(
     TableIterator::new(reset(older_than).or_raise())
 }
 
-fn reset(older_than: pgrx::datum::Interval) -> SqlResult<Vec<ResetRow>> {
+fn reset(older_than: Option<pgrx::datum::Interval>) -> SqlResult<Vec<ResetRow>> {
+    let hint = "Pass an interval such as '1 hour'; '0' resets every row whose worker is gone.";
+    let older_than =
+        older_than.ok_or_else(|| SqlError::invalid_argument("older_than", "must not be NULL").with_hint(hint))?;
     let negative = Spi::get_one_with_args::<bool>("SELECT $1::interval < interval '0'", &[older_than.into()])?;
     if negative.unwrap_or(false) {
-        return Err(SqlError::invalid_argument("older_than", "must not be negative")
-            .with_hint("Pass an interval such as '1 hour'; '0' resets every row whose worker is gone."));
+        return Err(SqlError::invalid_argument("older_than", "must not be negative").with_hint(hint));
     }
     Ok(reset_gone(older_than)?)
 }

@@ -9,7 +9,7 @@ use pgrx::spi::SpiResult;
 use std::time::Duration;
 
 use crate::clock;
-use crate::fetch::SourceSettings;
+use crate::fetch::{PageBounds, SourceSettings};
 use crate::gucs;
 use crate::outcome::{run_summary, RunCounts, WindowStatus};
 use crate::write::Window;
@@ -28,6 +28,7 @@ pub struct Attempt {
     /// The streams this job pulls.
     pub streams: Vec<String>,
     pub source: SourceSettings,
+    pub bounds: PageBounds,
 }
 
 /// Where a stream of a window stands after earlier, interrupted attempts.
@@ -164,7 +165,8 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
                 SELECT logged.id AS log_id, j.pipeline_id, j.store_code::text AS store_code,
                        j.from_date, j.to_date, j.streams,
                        p.code AS pipeline_code, p.streams AS pipeline_streams, p.base_url, p.page_size,
-                       p.connect_timeout_ms, p.read_timeout_ms, p.max_attempts, c.api_token
+                       p.connect_timeout_ms, p.read_timeout_ms, p.max_attempts, c.api_token,
+                       p.max_pages_per_window, p.max_window_seconds
                 FROM logged
                 CROSS JOIN orders_sync.sync_jobs j
                 JOIN orders_sync.pipelines p ON p.id = j.pipeline_id
@@ -200,6 +202,14 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
                     .map_or(gucs::http_max_attempts(), |v| v as u32),
                 retry_base_delay: Duration::from_millis(gucs::http_retry_base_delay_ms()),
                 max_response_bytes: gucs::http_max_response_bytes(),
+            },
+            bounds: PageBounds {
+                max_pages: row
+                    .get_by_name::<i32, _>("max_pages_per_window")?
+                    .map_or(gucs::max_pages_per_window(), |v| v as u32),
+                max_duration: Duration::from_secs(
+                    row.get_by_name::<i32, _>("max_window_seconds")?.map_or(gucs::max_window_seconds(), |v| v as u64),
+                ),
             },
         })
     })

@@ -12,7 +12,7 @@ use pgrx::prelude::*;
 use crate::bgw::{self, in_transaction, in_transaction_or_log, WorkerRequest};
 use crate::clock;
 use crate::errors::{OrRaise, SqlError, SqlResult};
-use crate::fetch::{with_signals_blocked, FetchError, PageRequest, SourceClient};
+use crate::fetch::{with_signals_blocked, FetchError, PageGuard, PageRequest, SourceClient};
 use crate::names;
 use crate::outcome::{continue_after, select_streams, window_status, JobStatus, PulledStamp, WindowStatus};
 use crate::queue::{self, Attempt};
@@ -192,6 +192,8 @@ fn pull_stream(
         // Spawned with every signal blocked: PostgreSQL's handlers must run on this thread only.
         with_signals_blocked(|| {
             scope.spawn(move || {
+                let mut guard =
+                    PageGuard::new(attempt.bounds, std::time::Instant::now(), first_page_no, first_token.as_deref());
                 let mut page_no = first_page_no;
                 let mut token = first_token;
                 loop {
@@ -204,12 +206,20 @@ fn pull_stream(
                     };
                     let result = client.fetch_page(&request, &|| stop.load(Ordering::Relaxed));
                     let next = result.as_ref().ok().and_then(|page| page.next_page_token.clone());
+                    // A page past a bound is not fetched: the window fails there, its pages
+                    // so far committed (this one too: it is sent first).
+                    let bound =
+                        next.as_deref().and_then(|next| guard.follow(page_no, next, std::time::Instant::now()).err());
                     let done = next.is_none();
                     if pages.send((page_no, result)).is_err() || done {
                         return;
                     }
-                    token = next;
                     page_no += 1;
+                    if let Some(hit) = bound {
+                        let _ = pages.send((page_no, Err(FetchError::Bound(hit))));
+                        return;
+                    }
+                    token = next;
                 }
             })
         });
@@ -432,13 +442,13 @@ fn queue_manual_window(request: &ManualWindow) -> pgrx::spi::SpiResult<Result<i6
 /// final status.
 #[pg_extern(volatile, parallel_unsafe)]
 fn sync_window(
-    pipeline: &str,
-    store_code: &str,
+    pipeline: Option<&str>,
+    store_code: Option<&str>,
     from_date: default!(Option<pgrx::datum::Date>, "NULL"),
     to_date: default!(Option<pgrx::datum::Date>, "NULL"),
-    orders_only: default!(bool, false),
-    sales_only: default!(bool, false),
-    run_env: default!(&str, "'manual'"),
+    orders_only: default!(Option<bool>, false),
+    sales_only: default!(Option<bool>, false),
+    run_env: default!(Option<&str>, "'manual'"),
 ) -> String {
     let request =
         manual_window_request(pipeline, store_code, from_date, to_date, orders_only, sales_only, run_env).or_raise();
@@ -501,15 +511,24 @@ fn window_result(request: &ManualWindow) -> SqlResult<String> {
 /// Validates `sync_window`'s arguments and applies the defaults of docs/design.md#manual-windows
 /// (`to_date` = today, `from_date` = today − 89, in the pipeline's time zone).
 fn manual_window_request(
-    pipeline: &str,
-    store_code: &str,
+    pipeline: Option<&str>,
+    store_code: Option<&str>,
     from_date: Option<pgrx::datum::Date>,
     to_date: Option<pgrx::datum::Date>,
-    orders_only: bool,
-    sales_only: bool,
-    run_env: &str,
+    orders_only: Option<bool>,
+    sales_only: Option<bool>,
+    run_env: Option<&str>,
 ) -> SqlResult<ManualWindow> {
-    let run_env = names::env_argument("run_env", Some(run_env))?;
+    let required =
+        |argument: &str, hint: &str| SqlError::invalid_argument(argument, "must not be NULL").with_hint(hint);
+    let pipeline = pipeline.ok_or_else(|| required("pipeline", "See SELECT code FROM orders_sync.pipelines."))?;
+    let store_code =
+        store_code.ok_or_else(|| required("store_code", "Pass a store_code of orders_sync.store_master."))?;
+    let orders_only = orders_only.ok_or_else(|| required("orders_only", "Pass true or false (the default)."))?;
+    let sales_only = sales_only.ok_or_else(|| required("sales_only", "Pass true or false (the default)."))?;
+    let run_env = names::env_argument("run_env", run_env)?;
+    let to_date = clock::date_argument("to_date", to_date)?;
+    let from_date = clock::date_argument("from_date", from_date)?;
     let found = Spi::connect(|client| {
         let table = client.select(
             "SELECT p.id, p.timezone, p.streams, p.sync_group, s.sync_group
@@ -560,18 +579,8 @@ fn manual_window_request(
         SqlError::invalid_argument("pipeline", format!("pipeline {pipeline} has unknown time zone {timezone}"))
     })?;
     let today = clock::today_in(zone, Utc::now());
-    let to = match to_date {
-        Some(date) => {
-            clock::from_pg(date).ok_or_else(|| SqlError::invalid_argument("to_date", "must be a finite date"))?
-        }
-        None => today,
-    };
-    let from = match from_date {
-        Some(date) => {
-            clock::from_pg(date).ok_or_else(|| SqlError::invalid_argument("from_date", "must be a finite date"))?
-        }
-        None => today - chrono::Days::new(89),
-    };
+    let to = to_date.unwrap_or(today);
+    let from = from_date.unwrap_or(today - chrono::Days::new(89));
     if from > to {
         return Err(SqlError::invalid_argument("from_date", format!("{from} is after to_date {to}"))
             .with_hint("from_date must be on or before to_date."));

@@ -55,6 +55,10 @@ pub enum FetchError {
     )]
     InvalidRecord { index: usize, id: Option<SourceText>, field: &'static str, reason: SourceText, attempts: u32 },
 
+    /// The window's paging hit one of its bounds (a cycle, the page or time limit).
+    #[error("{0}")]
+    Bound(super::BoundHit),
+
     /// `should_stop` returned true.
     #[error("fetch stopped on request{}", attempts_note(*.attempts))]
     Cancelled { attempts: u32 },
@@ -117,7 +121,7 @@ impl FetchError {
     /// Requests made before this error (0 when none was sent).
     pub fn attempts(&self) -> u32 {
         match self {
-            FetchError::Settings(_) | FetchError::Request(_) => 0,
+            FetchError::Settings(_) | FetchError::Request(_) | FetchError::Bound(_) => 0,
             FetchError::Status { attempts, .. }
             | FetchError::Timeout { attempts, .. }
             | FetchError::Connect { attempts, .. }
@@ -143,6 +147,12 @@ impl FetchError {
         Some(match self {
             FetchError::Settings(_) => "check the pipeline's base_url and token and the orders_sync.http_* settings",
             FetchError::Request(_) | FetchError::Cancelled { .. } => return None,
+            FetchError::Bound(super::BoundHit::Cycle { .. }) => {
+                "the source's page tokens repeat; its pages so far are kept, ask the source's owner to fix its paging"
+            }
+            FetchError::Bound(_) => {
+                "raise orders_sync.max_pages_per_window / orders_sync.max_window_seconds (or the pipeline's own), or shorten the window"
+            }
             FetchError::Status { status: 401 | 403, .. } => "check the pipeline's token",
             FetchError::Status { status: 404, .. } => {
                 "check the pipeline's base_url, the store code and the stream name"
@@ -171,7 +181,7 @@ impl FetchError {
 
     pub(crate) fn with_attempts(mut self, n: u32) -> Self {
         match &mut self {
-            FetchError::Settings(_) | FetchError::Request(_) => {}
+            FetchError::Settings(_) | FetchError::Request(_) | FetchError::Bound(_) => {}
             FetchError::Status { attempts, .. }
             | FetchError::Timeout { attempts, .. }
             | FetchError::Connect { attempts, .. }

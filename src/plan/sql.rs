@@ -90,13 +90,9 @@ impl PlanParams {
             }
             code => code.map(str::to_string),
         };
-        let as_of = match as_of {
-            None => None,
-            Some(date) => Some(clock::from_pg(date).ok_or_else(|| {
-                SqlError::invalid_argument("as_of", "must be a finite date")
-                    .with_hint("Pass a calendar date, or NULL for today in each pipeline's time zone.")
-            })?),
-        };
+        let as_of = clock::date_argument("as_of", as_of).map_err(|error| {
+            error.with_hint("Pass a calendar date, or NULL for today in each pipeline's time zone.")
+        })?;
         Ok(PlanParams { env, sync_group, policy: Policy { window_days, overlap_days, force }, store_code, as_of })
     }
 }

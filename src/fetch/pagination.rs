@@ -1,0 +1,134 @@
+//! The bounds every window's pagination is held to (docs/design.md#bounds): a source whose page
+//! tokens come round again, or never end, must not keep a worker, its slot and its store's lock
+//! forever. Plain values: the fetch thread asks `PageGuard::follow` before each next page.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How far one window may page: at most `max_pages` pages (counted from the window's first
+/// page, across resumed attempts) and `max_duration` of paging in one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageBounds {
+    pub max_pages: u32,
+    pub max_duration: Duration,
+}
+
+/// Which bound stopped a window's pagination.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BoundHit {
+    #[error(
+        "page {page_no} returned a next_page_token already returned by page {first_page_no} of this window: the source's pages run in a cycle"
+    )]
+    Cycle { page_no: i32, first_page_no: i32 },
+    #[error(
+        "stopped after page {page_no}: the limit of {max_pages} pages per window was reached (orders_sync.max_pages_per_window, or the pipeline's max_pages_per_window)"
+    )]
+    Pages { page_no: i32, max_pages: u32 },
+    #[error(
+        "stopped after page {page_no}: the limit of {} s of paging per window was reached (orders_sync.max_window_seconds, or the pipeline's max_window_seconds)",
+        max_duration.as_secs()
+    )]
+    Time { page_no: i32, max_duration: Duration },
+}
+
+/// Tracks one stream of one window while it is paged.
+pub struct PageGuard {
+    bounds: PageBounds,
+    started: Instant,
+    /// Every token this attempt has sent or been given, with the page that returned it.
+    seen: HashMap<String, i32>,
+}
+
+impl PageGuard {
+    /// `resume_token` is the cursor the attempt starts from (returned by page
+    /// `first_page_no - 1` of an earlier attempt).
+    pub fn new(bounds: PageBounds, started: Instant, first_page_no: i32, resume_token: Option<&str>) -> Self {
+        let mut seen = HashMap::new();
+        if let Some(token) = resume_token {
+            seen.insert(token.to_string(), first_page_no - 1);
+        }
+        PageGuard { bounds, started, seen }
+    }
+
+    /// Whether page `page_no`, which returned `next_token`, may be followed by the next page.
+    pub fn follow(&mut self, page_no: i32, next_token: &str, now: Instant) -> Result<(), BoundHit> {
+        if let Some(first_page_no) = self.seen.get(next_token) {
+            return Err(BoundHit::Cycle { page_no, first_page_no: *first_page_no });
+        }
+        if i64::from(page_no) >= i64::from(self.bounds.max_pages) {
+            return Err(BoundHit::Pages { page_no, max_pages: self.bounds.max_pages });
+        }
+        if now.duration_since(self.started) >= self.bounds.max_duration {
+            return Err(BoundHit::Time { page_no, max_duration: self.bounds.max_duration });
+        }
+        self.seen.insert(next_token.to_string(), page_no);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GENEROUS: PageBounds = PageBounds { max_pages: 1_000, max_duration: Duration::from_secs(3_600) };
+
+    #[test]
+    fn tokens_that_come_round_again_are_a_cycle() {
+        let start = Instant::now();
+        let mut guard = PageGuard::new(GENEROUS, start, 1, None);
+        assert_eq!(guard.follow(1, "A", start), Ok(()));
+        assert_eq!(guard.follow(2, "B", start), Ok(()));
+        assert_eq!(guard.follow(3, "A", start), Err(BoundHit::Cycle { page_no: 3, first_page_no: 1 }));
+    }
+
+    #[test]
+    fn the_resume_cursor_counts_as_seen() {
+        let start = Instant::now();
+        let mut guard = PageGuard::new(GENEROUS, start, 5, Some("R"));
+        assert_eq!(guard.follow(5, "R", start), Err(BoundHit::Cycle { page_no: 5, first_page_no: 4 }));
+    }
+
+    #[test]
+    fn the_page_limit_counts_from_the_windows_first_page() {
+        let start = Instant::now();
+        let bounds = PageBounds { max_pages: 3, ..GENEROUS };
+        let mut guard = PageGuard::new(bounds, start, 2, Some("p1"));
+        assert_eq!(guard.follow(2, "p2", start), Ok(()));
+        let hit = guard.follow(3, "p3", start).unwrap_err();
+        assert_eq!(hit, BoundHit::Pages { page_no: 3, max_pages: 3 });
+        assert!(hit.to_string().contains("limit of 3 pages per window"), "{hit}");
+    }
+
+    #[test]
+    fn the_time_limit_says_so() {
+        let start = Instant::now();
+        let bounds = PageBounds { max_duration: Duration::from_secs(10), ..GENEROUS };
+        let mut guard = PageGuard::new(bounds, start, 1, None);
+        assert_eq!(guard.follow(1, "a", start + Duration::from_secs(9)), Ok(()));
+        let hit = guard.follow(2, "b", start + Duration::from_secs(10)).unwrap_err();
+        assert!(hit.to_string().contains("limit of 10 s of paging per window"), "{hit}");
+    }
+
+    proptest! {
+        /// Whatever tokens a source returns, paging stops within max_pages, and distinct
+        /// tokens under the limits are always followed.
+        #[test]
+        fn paging_always_ends_within_the_page_limit(tokens in proptest::collection::vec(0u16..50, 1..300), max_pages in 1u32..100) {
+            let start = Instant::now();
+            let bounds = PageBounds { max_pages, ..GENEROUS };
+            let mut guard = PageGuard::new(bounds, start, 1, None);
+            let mut followed = 0u32;
+            let mut seen = std::collections::HashSet::new();
+            for (i, token) in tokens.iter().enumerate() {
+                let page_no = i as i32 + 1;
+                match guard.follow(page_no, &token.to_string(), start) {
+                    Ok(()) => { followed += 1; prop_assert!(seen.insert(*token)); }
+                    Err(BoundHit::Cycle { .. }) => { prop_assert!(seen.contains(token)); break; }
+                    Err(_) => { prop_assert_eq!(page_no as u32, max_pages); break; }
+                }
+            }
+            prop_assert!(followed < max_pages);
+        }
+    }
+}
