@@ -93,6 +93,8 @@ pub struct SourceSettings {
     pub retry_base_delay: Duration,
     /// Largest response body accepted.
     pub max_response_bytes: u64,
+    /// Hosts `base_url` may name (`orders_sync.allowed_source_hosts`); empty allows any.
+    pub allowed_hosts: Vec<String>,
 }
 
 // Hand-written so that `{:?}` of the settings never prints the token.
@@ -107,6 +109,7 @@ impl std::fmt::Debug for SourceSettings {
             .field("max_attempts", &self.max_attempts)
             .field("retry_base_delay", &self.retry_base_delay)
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish()
     }
 }
@@ -164,6 +167,12 @@ impl SourceClient {
     pub fn new(settings: SourceSettings) -> Result<Self, FetchError> {
         let invalid = |what: &str| Err(FetchError::Settings(what.to_owned()));
         let base_url = parse_base_url(&settings.base_url)?;
+        if !host_allowed(&base_url, &settings.allowed_hosts) {
+            return Err(FetchError::Settings(format!(
+                "base_url host {} is not in orders_sync.allowed_source_hosts",
+                base_url.host_str().unwrap_or("")
+            )));
+        }
         if settings.page_size == 0 {
             return invalid("page_size must be at least 1");
         }
@@ -352,6 +361,33 @@ fn parse_base_url(text: &str) -> Result<Url, FetchError> {
     Ok(url)
 }
 
+/// Whether `url` names a host of the allow-list: an entry is a host name or IP address,
+/// optionally with `:port`, or `*.domain` for any host under that domain. An empty list
+/// allows any host (docs/design.md#sources).
+pub fn host_allowed(url: &Url, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some(host) = url.host_str().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+    else {
+        return false;
+    };
+    let port = url.port_or_known_default();
+    allowed.iter().any(|entry| {
+        let entry = entry.trim().to_ascii_lowercase();
+        let (name, entry_port) = match entry.rsplit_once(':') {
+            Some((name, p)) if !name.contains(':') || name.ends_with(']') => (name.to_string(), p.parse::<u16>().ok()),
+            _ => (entry.clone(), None),
+        };
+        let name = name.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host_matches = match name.strip_prefix("*.") {
+            Some(domain) => host.ends_with(&format!(".{domain}")),
+            None => host == name,
+        };
+        host_matches && entry_port.is_none_or(|p| Some(p) == port)
+    })
+}
+
 fn check_request(request: &PageRequest<'_>) -> Result<(), FetchError> {
     let invalid = |why: String| Err(FetchError::Request(why));
     for (name, value) in [("store_code", request.store_code), ("stream", request.stream)] {
@@ -504,6 +540,34 @@ pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_allow_list_matches_hosts_ports_and_domains() {
+        let url = |u: &str| Url::parse(u).unwrap();
+        let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(host_allowed(&url("http://169.254.169.254/latest"), &[]));
+        let allowed = list(&["api.example.com", "127.0.0.1:8080", "*.pos.example.net", "[::1]"]);
+        assert!(host_allowed(&url("https://API.example.com/v1"), &allowed));
+        assert!(host_allowed(&url("http://127.0.0.1:8080/"), &allowed));
+        assert!(!host_allowed(&url("http://127.0.0.1:8081/"), &allowed));
+        assert!(host_allowed(&url("https://eu.pos.example.net/"), &allowed));
+        assert!(!host_allowed(&url("https://pos.example.net.evil.com/"), &allowed));
+        assert!(!host_allowed(&url("http://169.254.169.254/latest"), &allowed));
+        assert!(host_allowed(&url("http://[::1]:9000/"), &allowed));
+        assert!(!host_allowed(&url("http://api.example.com.evil.com/"), &allowed));
+    }
+
+    #[test]
+    fn a_host_off_the_allow_list_is_refused_before_any_request() {
+        let settings = SourceSettings { allowed_hosts: vec!["api.example.com".into()], ..settings("http://10.0.0.1/") };
+        match SourceClient::new(settings) {
+            Err(FetchError::Settings(message)) => {
+                assert_eq!(message, "base_url host 10.0.0.1 is not in orders_sync.allowed_source_hosts")
+            }
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("a host off the allow-list must be refused"),
+        }
+    }
     use std::cell::Cell;
 
     fn settings(base_url: &str) -> SourceSettings {
@@ -516,6 +580,7 @@ mod tests {
             max_attempts: 3,
             retry_base_delay: Duration::from_millis(10),
             max_response_bytes: 1 << 20,
+            allowed_hosts: Vec::new(),
         }
     }
 

@@ -14,6 +14,7 @@ static HTTP_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(4);
 static HTTP_RETRY_BASE_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(500);
 static HTTP_MAX_RESPONSE_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 static DEFAULT_TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"UTC"));
+static ALLOWED_SOURCE_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 static MAX_PAGES_PER_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 static MAX_WINDOW_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(6 * 3600);
 
@@ -86,6 +87,14 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_KB,
     );
+    GucRegistry::define_string_guc(
+        c"orders_sync.allowed_source_hosts",
+        c"Comma-separated hosts (host, host:port or *.domain) that pipelines' base_url may name; empty allows any.",
+        c"An admin can point base_url anywhere, and up to 200 characters of any answer reach error_message: restrict it here.",
+        &ALLOWED_SOURCE_HOSTS,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
     GucRegistry::define_int_guc(
         c"orders_sync.max_pages_per_window",
         c"Most pages one window's stream may be fetched in, unless the pipeline sets its own.",
@@ -122,6 +131,16 @@ fn string_setting(setting: &GucSetting<Option<CString>>, fallback: &str) -> Stri
 
 pub fn database() -> String {
     string_setting(&DATABASE, "postgres")
+}
+
+/// The allow-list of source hosts; empty allows any.
+pub fn allowed_source_hosts() -> Vec<String> {
+    string_setting(&ALLOWED_SOURCE_HOSTS, "")
+        .split(',')
+        .map(str::trim)
+        .filter(|host| !host.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 pub fn max_pages_per_window() -> u32 {

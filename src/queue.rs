@@ -202,6 +202,7 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
                     .map_or(gucs::http_max_attempts(), |v| v as u32),
                 retry_base_delay: Duration::from_millis(gucs::http_retry_base_delay_ms()),
                 max_response_bytes: gucs::http_max_response_bytes(),
+                allowed_hosts: gucs::allowed_source_hosts(),
             },
             bounds: PageBounds {
                 max_pages: row

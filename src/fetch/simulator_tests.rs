@@ -100,6 +100,7 @@ impl Simulator {
             max_attempts: 3,
             retry_base_delay: Duration::from_millis(10),
             max_response_bytes: 8 << 20,
+            allowed_hosts: Vec::new(),
         }
     }
 
@@ -414,6 +415,7 @@ fn connection_refused_is_retried_then_reported() {
         max_attempts: 3,
         retry_base_delay: Duration::from_millis(1),
         max_response_bytes: 1 << 20,
+        allowed_hosts: Vec::new(),
     })
     .expect("client");
     let err = error_of(client.fetch_page(&week("S001", "orders"), &never));
@@ -507,6 +509,7 @@ fn hostile_server_echoing_the_token_never_leaks_it() {
         max_attempts: 2,
         retry_base_delay: Duration::from_millis(1),
         max_response_bytes: 1 << 20,
+        allowed_hosts: Vec::new(),
     })
     .expect("client");
     let request = week("S001", "orders");
@@ -595,6 +598,7 @@ fn a_source_echoing_the_token_in_every_place_and_form_never_gets_it_into_a_messa
             max_attempts: 1,
             retry_base_delay: Duration::from_millis(1),
             max_response_bytes: 1 << 20,
+            allowed_hosts: Vec::new(),
         })
         .expect("client");
         for (name, _, _) in &cases {
@@ -625,6 +629,7 @@ fn a_long_token_echoed_as_an_id_or_date_is_not_quoted_in_part() {
         max_attempts: 1,
         retry_base_delay: Duration::from_millis(1),
         max_response_bytes: 1 << 20,
+        allowed_hosts: Vec::new(),
     })
     .expect("client");
     let mut messages = Vec::new();
