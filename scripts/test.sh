@@ -66,7 +66,7 @@ integration() {
     ORDERS_SYNC_TEST_DSN="$dsn" \
     ORDERS_SYNC_TEST_DIR="$1/it" \
     ORDERS_SYNC_SIMULATOR="$4/release/orders_sync_simulator" \
-      cargo test -p orders_sync_pg_test $5 -- --test-threads=1
+      cargo test -p orders_sync_pg_test --no-fail-fast $5 -- --test-threads=1
   ' "$pg_config" "$work" "$it_port" "$it_db" "$target" "${ORDERS_SYNC_IT_ARGS:-}"
 }
 

@@ -6,7 +6,9 @@
 
 pub mod sql;
 
-use chrono::{Datelike, NaiveDate};
+use chrono::NaiveDate;
+
+use crate::clock;
 use std::cmp::{max, min};
 
 /// Why a window is planned; `as_str` is the `reason` column of `plan_sync_windows`.
@@ -158,16 +160,15 @@ fn push_chunks(plan: &mut Vec<PlannedWindow>, from: i64, to: i64, chunk: i64, re
     }
 }
 
+/// The planner counts days as PostgreSQL does (`clock::pg_epoch_days`), so the day ranges the
+/// sync log hands it and the ones it plans are the same numbers.
 fn day_number(date: NaiveDate) -> i64 {
-    i64::from(date.num_days_from_ce())
+    clock::pg_epoch_days(date)
 }
 
 /// Only called for days between two valid dates, so the conversion cannot fail.
 fn date_of(day: i64) -> NaiveDate {
-    i32::try_from(day)
-        .ok()
-        .and_then(NaiveDate::from_num_days_from_ce_opt)
-        .expect("planned day lies between two valid dates")
+    clock::from_pg_epoch_days(day).expect("planned day lies between two valid dates")
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ fn misbehaving_source(paging: Paging) -> String {
                 std::thread::sleep(Duration::from_millis(300));
             }
             let body = format!(
-                r#"{{"data":[{{"id":"r{page}-{}","date":"{from}","amount":"1.00"}}],"next_page_token":"{next}"}}"#,
+                r#"{{"data":[{{"id":"r{page}-{}","date":"{from}","amount":1.00}}],"next_page_token":"{next}"}}"#,
                 token.as_deref().unwrap_or("first")
             );
             let _ = write!(
@@ -166,22 +166,27 @@ fn pagination_that_never_ends_slowly_stops_at_the_time_limit() {
         .unwrap();
 }
 
+/// `ALTER SYSTEM` for the allow-list, then a reload the workers see before the next window.
+fn set_allowed_hosts(db: &mut Client, hosts: Option<&str>) {
+    match hosts {
+        Some(hosts) => db.batch_execute(&format!("ALTER SYSTEM SET orders_sync.allowed_source_hosts = '{hosts}'")),
+        None => db.batch_execute("ALTER SYSTEM RESET orders_sync.allowed_source_hosts"),
+    }
+    .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+}
+
 #[test]
 fn a_source_off_the_host_allow_list_fails_the_window_without_a_request() {
     let _guard = exclusive();
     let mut db = connect();
     let sim = Simulator::start(&[]);
     pipeline_for(&mut db, &sim.base_url, "HALLOW");
-    db.batch_execute(
-        "ALTER SYSTEM SET orders_sync.allowed_source_hosts = 'api.example.com'; SELECT pg_reload_conf(); SELECT pg_sleep(0.5);",
-    )
-    .unwrap();
+    set_allowed_hosts(&mut db, Some("api.example.com"));
     let status: String =
         scalar(&mut db, "SELECT orders_sync.sync_window('uc_orders_sync', 'HALLOW', '2026-01-01', '2026-01-01')");
-    db.batch_execute(
-        "ALTER SYSTEM RESET orders_sync.allowed_source_hosts; SELECT pg_reload_conf(); SELECT pg_sleep(0.5);",
-    )
-    .unwrap();
+    set_allowed_hosts(&mut db, None);
     assert_eq!(status, "failed");
     let (_, message, pages, _) = window_outcome(&mut db, "HALLOW");
     assert!(message.contains("is not in orders_sync.allowed_source_hosts"), "{message}");
