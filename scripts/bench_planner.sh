@@ -20,9 +20,10 @@ set -euo pipefail
 
 STORES="${STORES:-10000}"
 RUNS="${RUNS:-5}"
-PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
-PSQL="$("$PG_CONFIG" --bindir)/psql"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=pg_env.sh
+source "$repo/scripts/pg_env.sh"
+PSQL="${PG_BIN:?$PG_CONFIG not found: run scripts/setup.sh first}/psql"
 work=/var/tmp/orders_sync
 dir="$work/bench-planner"
 port=55433
@@ -120,7 +121,7 @@ echo "bench: plan has $windows windows, $runs to run, $missing missing (holes)" 
 
 timings="$(
   {
-    echo '\timing on'
+    printf '%s\n' '\timing on'
     for _ in $(seq 1 "$RUNS"); do echo "SELECT count(*) FROM orders_sync.plan_sync_windows('bench');"; done
   } | psql_bench -At | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p'
 )"
