@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A private PostgreSQL cluster (scripts/pg_env.sh's version) for tests, the demo and benchmarks: pg_cron and orders_sync
-# preloaded, owned by the postgres OS user, on a loopback port and its own socket directory.
+# A private PostgreSQL cluster (the version scripts/pg_env.sh names) for tests, the demo and
+# benchmarks: pg_cron and orders_sync preloaded, owned by the postgres OS user, on a loopback
+# port and its own socket directory.
 #
 #   scripts/pg_cluster.sh start DIR PORT DBNAME [extra postgresql.conf lines...]
 #   scripts/pg_cluster.sh stop DIR
