@@ -18,6 +18,7 @@ REPEAT="${REPEAT:-3}"
 DAYS=100
 PER_DAY=$(( ROWS / DAYS ))
 PORT="${BENCH_PORT:-55431}"
+# shellcheck source=bench_cluster.sh
 source "$(dirname "${BASH_SOURCE[0]}")/bench_cluster.sh"
 bench_prepare bench-ingest
 # shellcheck disable=SC2086 # BENCH_PG_SETTINGS: extra settings, one word each

@@ -4,7 +4,7 @@
 # 90-day backfill windows, then a year of daily one-day windows of which ~1.5% failed, most
 # failures retried successfully and the rest left as holes the planner must repair.
 #
-# Builds the release package outside the lock, then, holding /var/tmp/orders_sync/pgrx.lock
+# Builds the release package outside the lock, then, holding $INSTALL_LOCK
 # (the system PostgreSQL directories are shared with other builds), installs it, starts a
 # private cluster, loads the data set-based with generate_series, and times the call: one
 # warm-up, then RUNS timed calls. Prints
@@ -20,9 +20,10 @@ set -euo pipefail
 
 STORES="${STORES:-10000}"
 RUNS="${RUNS:-5}"
-PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
-PSQL="$("$PG_CONFIG" --bindir)/psql"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=pg_env.sh
+source "$repo/scripts/pg_env.sh"
+PSQL="${PG_BIN:?$PG_CONFIG not found: run scripts/setup.sh first}/psql"
 work=/var/tmp/orders_sync
 dir="$work/bench-planner"
 port=55433
@@ -47,7 +48,7 @@ cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$pkg" >"$pkg.log" 2>&1 ||
 rm -f "$pkg.log"
 
 # From here on the installed .so is ours: hold the lock until the cluster is stopped.
-exec 9>>"$work/pgrx.lock"
+exec 9>>"$INSTALL_LOCK"
 flock 9
 # Each file goes in under a temporary name and is renamed over the old one, so a server that
 # still maps the old .so keeps its (unlinked) copy instead of seeing it rewritten under it.
@@ -120,7 +121,7 @@ echo "bench: plan has $windows windows, $runs to run, $missing missing (holes)" 
 
 timings="$(
   {
-    echo '\timing on'
+    printf '%s\n' '\timing on'
     for _ in $(seq 1 "$RUNS"); do echo "SELECT count(*) FROM orders_sync.plan_sync_windows('bench');"; done
   } | psql_bench -At | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p'
 )"

@@ -13,6 +13,7 @@ DAYS="${DAYS:-365}"
 ROWS_PER_DAY="${ROWS_PER_DAY:-20}"
 WORKERS="${WORKERS:-1 2 4}"
 PORT="${BENCH_PORT:-55445}"
+# shellcheck source=bench_cluster.sh
 source "$(dirname "${BASH_SOURCE[0]}")/bench_cluster.sh"
 bench_prepare bench-profiler
 bench_start_cluster "$PORT" bench_profiler "shared_buffers = 512MB" "max_wal_size = 4GB" \

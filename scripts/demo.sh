@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job, on a fresh machine: a private PostgreSQL 15 cluster with pg_cron and
+# The main job, on a fresh machine: a private PostgreSQL cluster with pg_cron and
 # orders_sync, the reference source simulator, a realistic estate of stores, schedules in
 # pg_cron, and a full sync run that you watch advance.
 #
@@ -23,6 +23,8 @@ rows_per_day="${DEMO_ROWS_PER_DAY:-20}"
 build="${DEMO_BUILD:-release}"
 target="${CARGO_TARGET_DIR:-$repo/target}"
 cd "$repo"
+# shellcheck source=pg_env.sh
+source scripts/pg_env.sh
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -42,7 +44,8 @@ fi
 
 say "machine setup"
 bash scripts/setup.sh
-mkdir -p "$work" && chown postgres: "$work" 2>/dev/null || true
+mkdir -p "$work"
+chown postgres: "$work" 2>/dev/null || true
 
 say "build"
 profile_flag=()
@@ -53,8 +56,8 @@ cargo build -q --release -p orders_sync_simulator --bin orders_sync_simulator
 stop_demo
 (
   flock 9
-  cargo pgrx install "${profile_flag[@]}" --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
-) 9>"$work/pgrx.lock"
+  cargo pgrx install "${profile_flag[@]}" --pg-config "$PG_CONFIG" >/dev/null
+) 9>"$INSTALL_LOCK"
 
 say "cluster on port $port"
 dsn=$(scripts/pg_cluster.sh start "$dir" "$port" "$db")

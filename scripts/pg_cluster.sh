@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A private PostgreSQL 15 cluster for tests, the demo and benchmarks: pg_cron and orders_sync
-# preloaded, owned by the postgres OS user, on a loopback port and its own socket directory.
+# A private PostgreSQL cluster (the version scripts/pg_env.sh names) for tests, the demo and
+# benchmarks: pg_cron and orders_sync preloaded, owned by the postgres OS user, on a loopback
+# port and its own socket directory.
 #
 #   scripts/pg_cluster.sh start DIR PORT DBNAME [extra postgresql.conf lines...]
 #   scripts/pg_cluster.sh stop DIR
@@ -11,7 +12,9 @@
 # in DIR by an earlier, interrupted run is stopped first.
 set -euo pipefail
 
-PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+# shellcheck source=pg_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pg_env.sh"
+: "${PG_BIN:?$PG_CONFIG not found: run scripts/setup.sh first}"
 OS_USER="${PG_OS_USER:-postgres}"
 
 as_pg() {

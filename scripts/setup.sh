@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One-time machine setup for orders_sync on Debian 12 (bookworm) with PostgreSQL 15.
+# One-time machine setup for orders_sync on Debian 12 (bookworm) with PostgreSQL $PG_MAJOR
+# (scripts/pg_env.sh).
 # Idempotent: every step checks first, so a second run takes seconds.
 set -euo pipefail
 
-PG_MAJOR=15
-PG_CONFIG=/usr/lib/postgresql/${PG_MAJOR}/bin/pg_config
+# shellcheck source=pg_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pg_env.sh"
 PGRX_VERSION=0.18.0
 APT_PACKAGES=(
   "postgresql-${PG_MAJOR}"            # the server the extension runs in
@@ -13,6 +14,7 @@ APT_PACKAGES=(
   libclang-dev clang                  # bindgen
   pkg-config libssl-dev               # build deps of common -sys crates
   sudo                                # cargo pgrx test --runas postgres
+  shellcheck                          # scripts/test.sh lints scripts/*.sh with it
 )
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -41,6 +43,17 @@ fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+
+# scripts/test.sh's lint steps run cargo fmt and cargo clippy.
+if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
+  log "rustfmt and clippy present"
+elif command -v rustup >/dev/null 2>&1; then
+  log "rustup component add rustfmt clippy"
+  rustup component add rustfmt clippy
+else
+  echo "setup: cargo fmt / cargo clippy not found; install the rustfmt and clippy components" >&2
   exit 1
 fi
 

@@ -2,9 +2,11 @@
 # THE test command of orders_sync (also what CI runs through .ci/run).
 #
 #   1. scripts/setup.sh            machine setup, fast when already done
-#   2. unit tests                  pure Rust: planner, fetch rules, simulator (cargo test)
-#   3. pgrx tests                  SQL-level tests inside a throw-away cluster (cargo pgrx test)
-#   4. integration tests           pg_test/ against a real cluster with pg_cron and orders_sync
+#   2. lints                       cargo fmt --check, clippy -D warnings (every crate, every
+#                                  target), shellcheck of scripts/*.sh and .ci/run
+#   3. unit tests                  pure Rust: planner, fetch rules, simulator (cargo test)
+#   4. pgrx tests                  SQL-level tests inside a throw-away cluster (cargo pgrx test)
+#   5. integration tests           pg_test/ against a real cluster with pg_cron and orders_sync
 #                                  preloaded and the reference simulator over loopback
 #
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
@@ -15,16 +17,17 @@
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo"
+cd "$repo" || exit 1
 
 work="${ORDERS_SYNC_WORK:-/var/tmp/orders_sync}"
-pg_config=/usr/lib/postgresql/15/bin/pg_config
 it_port="${ORDERS_SYNC_IT_PORT:-54329}"
 it_db=orders_sync_it
 target="${CARGO_TARGET_DIR:-$repo/target}"
 log="$work/test-output.log"
 
 bash scripts/setup.sh || { echo "test.sh: setup failed" >&2; exit 1; }
+# shellcheck source=pg_env.sh
+source scripts/pg_env.sh
 mkdir -p "$work"
 chown postgres: "$work" 2>/dev/null || true
 : > "$log"
@@ -50,9 +53,12 @@ step() {
 # The extension .so is installed into the system PostgreSQL; concurrent installs (another
 # checkout's test run, whatever its scratch dir) would swap it under a running cluster, so
 # installs and the clusters that load them hold this machine-wide lock.
-locked() { (flock 9 && "$@") 9>/var/tmp/orders_sync-install.lock; }
+# shellcheck disable=SC2317 # called through step
+locked() { (flock 9 && "$@") 9>"$INSTALL_LOCK"; }
 
+# shellcheck disable=SC2317 # called through step
 integration() {
+  # shellcheck disable=SC2016 # the script expands its own arguments
   locked bash -c '
     set -euo pipefail
     cargo pgrx install --pg-config "$0" >/dev/null
@@ -66,12 +72,14 @@ integration() {
     ORDERS_SYNC_TEST_DSN="$dsn" \
     ORDERS_SYNC_TEST_DIR="$1/it" \
     ORDERS_SYNC_SIMULATOR="$4/release/orders_sync_simulator" \
+    ORDERS_SYNC_PG_BIN="$6" \
       cargo test -p orders_sync_pg_test --no-fail-fast $5 -- --test-threads=1
-  ' "$pg_config" "$work" "$it_port" "$it_db" "$target" "${ORDERS_SYNC_IT_ARGS:-}"
+  ' "$PG_CONFIG" "$work" "$it_port" "$it_db" "$target" "${ORDERS_SYNC_IT_ARGS:-}" "$PG_BIN"
 }
 
 # The README's first command, small: it must set everything up and end with a successful
 # run, every active store fresh, every schedule healthy and KPI facts written.
+# shellcheck disable=SC2317 # called through step
 demo_smoke() {
   local demo_dir="$work/demo-test" port=55490 sim_port=55491
   local dsn="host=127.0.0.1 port=$port user=postgres dbname=orders_sync_demo"
@@ -89,14 +97,18 @@ demo_smoke() {
   [ "$checks" = "t t t t" ]
 }
 
+# Lints first: they take a minute and say at once what a reviewer would reject.
+step "rustfmt" cargo fmt --all --check
+step "clippy" cargo clippy --workspace --all-targets -- -D warnings
+step "shellcheck" shellcheck scripts/*.sh .ci/run
 # The fetch stage's unit tests speak HTTP to the real simulator, so it is built first.
 step "build simulator" cargo build --release -p orders_sync_simulator --bin orders_sync_simulator
 export ORDERS_SYNC_SIMULATOR="$target/release/orders_sync_simulator"
 step "unit tests (extension, pure)" cargo test -p orders_sync --lib -- --skip pg_tests::
 step "unit tests (simulator)" cargo test -p orders_sync_simulator
-step "pgrx tests" locked cargo pgrx test pg15 --runas postgres --pgdata "$work/pgrx-data"
+step "pgrx tests" locked cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$work/pgrx-data"
 step "integration tests" integration
-step "demo (short)" locked demo_smoke
+step "demo (short)" demo_smoke
 
 passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failures=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s+=$6} END {print s+0}')

@@ -27,9 +27,6 @@
 //! on the backend's thread. They never touch PostgreSQL memory; the caller's thread only
 //! blocks on them inside `fetch_page`, and dropping the client joins them.
 
-// Some of the API (hints, limits, the Retry-After parser) only has tests as callers so far.
-#![allow(dead_code)]
-
 mod backoff;
 mod error;
 #[cfg(test)]
@@ -53,13 +50,6 @@ pub use error::FetchError;
 pub use page::{sort_keeping_last_of_each_id, Page, Record, MAX_PAGE_TOKEN_BYTES};
 pub use pagination::{BoundHit, PageBounds, PageGuard};
 use redact::{Secrets, MESSAGE_CHARS};
-// Part of the stage's API for callers and tests; nothing outside needs them yet.
-#[allow(unused_imports)]
-pub use {
-    backoff::{MAX_BACKOFF, MAX_RETRY_AFTER},
-    error::is_retryable_status,
-    page::MAX_ID_BYTES,
-};
 
 /// Longest store code or stream name put into a URL; real ones are a few bytes.
 pub const MAX_PATH_SEGMENT_BYTES: usize = 256;

@@ -35,6 +35,61 @@ pub fn ensure_extension(client: &mut Client) {
         .expect("CREATE EXTENSION orders_sync CASCADE failed");
 }
 
+/// The server's programs directory (`pg_ctl`, `initdb`), named once in scripts/pg_env.sh.
+pub fn pg_bin() -> String {
+    std::env::var("ORDERS_SYNC_PG_BIN")
+        .unwrap_or_else(|_| panic!("ORDERS_SYNC_PG_BIN is not set: run the integration tests through scripts/test.sh"))
+}
+
+/// How a test file wants the built-in pipelines and its stores before a test.
+pub struct Estate {
+    /// Records a page: small pages make a window span several.
+    pub page_size: i32,
+    pub max_attempts: i32,
+    /// `None` keeps the pipelines' read timeout.
+    pub read_timeout_ms: Option<i32>,
+    /// Start date of every store registered.
+    pub start_date: &'static str,
+    /// Deactivates every other store, so that an 'ALL' run sees only these (other test
+    /// files' stores would otherwise join it).
+    pub only_these_active: bool,
+    /// Deletes the stores' records and KPI facts before registering them.
+    pub clear_data: bool,
+}
+
+/// A session on an estate made for one test: the extension installed, both built-in
+/// pipelines pointed at `sim` with `estate`'s paging and retries, and `stores` (code, sync
+/// group) registered active, in cost centre CC01, from `estate.start_date`.
+pub fn fresh_estate<S: AsRef<str>>(sim: &Simulator, estate: &Estate, stores: &[(S, &str)]) -> Client {
+    let mut db = connect();
+    ensure_extension(&mut db);
+    db.execute(
+        "UPDATE orders_sync.pipelines SET base_url = $1, page_size = $2, max_attempts = $3,
+             read_timeout_ms = coalesce($4, read_timeout_ms)",
+        &[&sim.base_url, &estate.page_size, &estate.max_attempts, &estate.read_timeout_ms],
+    )
+    .unwrap();
+    if estate.only_these_active {
+        db.batch_execute("UPDATE orders_sync.store_master SET is_active = false").unwrap();
+    }
+    for (store, group) in stores {
+        let store = store.as_ref();
+        if estate.clear_data {
+            db.execute("DELETE FROM orders_sync.records WHERE store_code = $1", &[&store]).unwrap();
+            db.execute("DELETE FROM orders_sync.kpi_facts_daily WHERE store_code = $1", &[&store]).unwrap();
+        }
+        db.execute(
+            "INSERT INTO orders_sync.store_master (store_code, cost_center, sync_group, start_date, is_active)
+             VALUES ($1, 'CC01', $2, $3::text::date, true)
+             ON CONFLICT (store_code) DO UPDATE SET sync_group = EXCLUDED.sync_group,
+                 start_date = EXCLUDED.start_date, is_active = true",
+            &[&store, group, &estate.start_date],
+        )
+        .unwrap();
+    }
+    db
+}
+
 /// The first column of the first row of `query`.
 pub fn scalar<T>(client: &mut Client, query: &str) -> T
 where

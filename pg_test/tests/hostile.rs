@@ -52,7 +52,7 @@ fn misbehaving_source(paging: Paging) -> String {
                 Some(t) => t.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0),
             };
             let next = match paging {
-                Paging::Cycle => if page % 2 == 0 { "A1" } else { "B2" }.to_string(),
+                Paging::Cycle => if page.is_multiple_of(2) { "A1" } else { "B2" }.to_string(),
                 Paging::Endless | Paging::SlowEndless => format!("t{}", page + 1),
             };
             if let Paging::SlowEndless = paging {

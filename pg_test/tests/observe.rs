@@ -1,26 +1,21 @@
 //! The monitoring views and history pruning (docs/design.md#monitoring, #healing).
 
 use orders_sync_pg_test::postgres::Client;
-use orders_sync_pg_test::{connect, ensure_extension, error_of, scalar, Simulator};
+use orders_sync_pg_test::{connect, ensure_extension, error_of, fresh_estate, scalar, Estate, Simulator};
 
-fn setup(sim: &Simulator, store: &str) -> Client {
-    let mut db = connect();
-    ensure_extension(&mut db);
-    db.execute("UPDATE orders_sync.pipelines SET base_url = $1, page_size = 50, max_attempts = 2", &[&sim.base_url])
-        .unwrap();
-    db.execute(
-        "INSERT INTO orders_sync.store_master (store_code, cost_center, sync_group, start_date)
-         VALUES ($1, 'CC01', 'UC', '2026-01-01') ON CONFLICT (store_code) DO NOTHING",
-        &[&store],
-    )
-    .unwrap();
-    db
-}
+const ESTATE: Estate = Estate {
+    page_size: 50,
+    max_attempts: 2,
+    read_timeout_ms: None,
+    start_date: "2026-01-01",
+    only_these_active: false,
+    clear_data: false,
+};
 
 #[test]
 fn freshness_progress_and_history_follow_a_synced_window() {
     let sim = Simulator::start(&[]);
-    let mut db = setup(&sim, "OBSV1");
+    let mut db = fresh_estate(&sim, &ESTATE, &[("OBSV1", "UC")]);
     let state: String = scalar(
         &mut db,
         "SELECT state FROM orders_sync.store_freshness WHERE store_code = 'OBSV1' AND pipeline = 'uc_orders_sync'",
@@ -266,7 +261,7 @@ fn reset_leaves_a_window_alone_while_its_worker_lives() {
 #[test]
 fn a_terminated_worker_resumes_from_its_cursor_without_loss_or_duplicates() {
     let sim = Simulator::start(&["--rows-per-day", "50"]);
-    let mut db = setup(&sim, "RESUME");
+    let mut db = fresh_estate(&sim, &ESTATE, &[("RESUME", "UC")]);
     // 10 days x 50 rows = 500 rows = 10 pages of 50; each page takes 300 ms to arrive.
     sim.control("/_control/faults", serde_json::json!({"store": "RESUME", "kind": "slow", "delay_ms": 300}));
     let dsn = orders_sync_pg_test::dsn();

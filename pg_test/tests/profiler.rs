@@ -4,7 +4,7 @@
 //! the reference simulator over loopback.
 
 use orders_sync_pg_test::postgres::Client;
-use orders_sync_pg_test::{connect, describe, dsn, ensure_extension, error_of, exclusive, scalar, Simulator};
+use orders_sync_pg_test::{describe, dsn, error_of, exclusive, fresh_estate, scalar, Estate, Simulator};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -13,29 +13,15 @@ const AS_OF: &str = "2026-02-04";
 /// 400 days up to AS_OF, both ends included.
 const START: &str = "2025-01-01";
 
-/// Points both pipelines at `sim`, makes `stores` the only active ones (other test files'
-/// stores would otherwise join an 'ALL' run) and registers them fresh.
-fn setup(sim: &Simulator, stores: &[(String, &str)]) -> Client {
-    let mut db = connect();
-    ensure_extension(&mut db);
-    db.execute(
-        "UPDATE orders_sync.pipelines SET base_url = $1, page_size = 1000, max_attempts = 3, read_timeout_ms = 5000",
-        &[&sim.base_url],
-    )
-    .unwrap();
-    db.batch_execute("UPDATE orders_sync.store_master SET is_active = false").unwrap();
-    for (store, group) in stores {
-        db.execute(
-            "INSERT INTO orders_sync.store_master (store_code, cost_center, sync_group, start_date, is_active)
-             VALUES ($1, 'CC01', $2, $3::text::date, true)
-             ON CONFLICT (store_code) DO UPDATE SET sync_group = EXCLUDED.sync_group,
-                 start_date = EXCLUDED.start_date, is_active = true",
-            &[store, group, &START],
-        )
-        .unwrap();
-    }
-    db
-}
+/// The tests' stores are the only active ones: an 'ALL' run sees nothing else.
+const ESTATE: Estate = Estate {
+    page_size: 1000,
+    max_attempts: 3,
+    read_timeout_ms: Some(5000),
+    start_date: START,
+    only_these_active: true,
+    clear_data: false,
+};
 
 fn stores(prefix: &str, td: usize, uc: usize) -> Vec<(String, &'static str)> {
     (0..td)
@@ -186,7 +172,7 @@ fn fresh_run_backfills_every_store_within_caps_and_second_run_only_refreshes() {
     let _guard = exclusive();
     let sim = Simulator::start(&["--rows-per-day", "2"]);
     let all = stores("PA", 10, 10);
-    let mut db = setup(&sim, &all);
+    let mut db = fresh_estate(&sim, &ESTATE, &all);
 
     let plan = planned_windows(&mut db, "itfresh");
     assert_eq!(plan.len(), 20 * 5, "400 days in windows of 90: 5 a store");
@@ -246,7 +232,7 @@ fn failing_store_stops_at_its_first_failed_window_while_others_finish() {
     let _guard = exclusive();
     let sim = Simulator::start(&["--rows-per-day", "2"]);
     let all = stores("PF", 3, 1);
-    let mut db = setup(&sim, &all);
+    let mut db = fresh_estate(&sim, &ESTATE, &all);
     sim.control("/_control/faults", json!({"store": "PFT01", "stream": "orders", "kind": "status", "status": 404}));
 
     let run_id = run_profiler(&mut db, "itfail", ", max_workers => 2, wait => true");
@@ -288,7 +274,7 @@ fn partial_windows_make_a_partial_run_with_counts() {
     let _guard = exclusive();
     let sim = Simulator::start(&["--rows-per-day", "2"]);
     let all = stores("PP", 2, 1);
-    let mut db = setup(&sim, &all);
+    let mut db = fresh_estate(&sim, &ESTATE, &all);
     sim.control("/_control/faults", json!({"store": "PPT00", "stream": "sales", "kind": "status", "status": 503}));
 
     let run_id = run_profiler(&mut db, "itpart", ", max_workers => 3, wait => true");
@@ -306,7 +292,7 @@ fn partial_windows_make_a_partial_run_with_counts() {
 fn empty_run_finishes_at_once_and_arguments_are_validated() {
     let _guard = exclusive();
     let sim = Simulator::start(&["--rows-per-day", "0"]);
-    let mut db = setup(&sim, &[]);
+    let mut db = fresh_estate::<&str>(&sim, &ESTATE, &[]);
     // No active store at all: nothing to do.
     let run_id = run_profiler(&mut db, "itempty", "");
     let (status, summary, _) = run_row(&mut db, &run_id);
@@ -335,7 +321,7 @@ fn profiler_skips_while_previous_run_active_and_resets_runs_whose_workers_died()
     let _guard = exclusive();
     let sim = Simulator::start(&["--rows-per-day", "2"]);
     let all = stores("PD", 4, 0);
-    let mut db = setup(&sim, &all);
+    let mut db = fresh_estate(&sim, &ESTATE, &all);
     // Slow source: the first run stays active for a few seconds.
     sim.control("/_control/faults", json!({"kind": "slow", "delay_ms": 150}));
 
@@ -379,13 +365,13 @@ fn profiler_skips_while_previous_run_active_and_resets_runs_whose_workers_died()
 
     // A run left 'running' by workers that are gone is not active: it is closed as failed
     // and a new run starts.
-    db.batch_execute(&format!(
+    db.batch_execute(
         "INSERT INTO orders_sync.pipeline_run_summaries (run_id, pipeline_name, run_env, parameters)
-         VALUES ('rp-stuck-itpile', 'orders_sync_run_profiler', 'itpile', '{{\"sync_group\": \"ALL\", \"store_code\": null, \"max_workers\": 1}}');
+         VALUES ('rp-stuck-itpile', 'orders_sync_run_profiler', 'itpile', '{\"sync_group\": \"ALL\", \"store_code\": null, \"max_workers\": 1}');
          INSERT INTO orders_sync.sync_jobs (run_id, pipeline_id, store_code, from_date, to_date, streams, status, worker_pid, heartbeat_at, started_at)
          SELECT 'rp-stuck-itpile', id, 'PDT00', '2020-01-01', '2020-01-02', streams, 'running', 2147483600, now(), now()
-         FROM orders_sync.pipelines WHERE code = 'td_orders_sync';"
-    ))
+         FROM orders_sync.pipelines WHERE code = 'td_orders_sync';",
+    )
     .unwrap();
     let fresh = run_profiler(&mut db, "itpile", ", max_workers => 2");
     assert_ne!(fresh, "rp-stuck-itpile");
@@ -407,7 +393,7 @@ fn run_profiler_from_a_pg_cron_job_starts_a_run() {
     let _guard = exclusive();
     let sim = Simulator::start(&["--rows-per-day", "1"]);
     let all = stores("PC", 1, 1);
-    let mut db = setup(&sim, &all);
+    let mut db = fresh_estate(&sim, &ESTATE, &all);
     db.batch_execute(&format!(
         "SELECT cron.schedule('orders_sync_it_profiler', '* * * * *',
                 $$SELECT orders_sync.run_profiler('itcron', as_of => '{AS_OF}')$$)"
@@ -442,7 +428,7 @@ fn shell_wrapper_maps_flags_onto_run_profiler() {
     let _guard = exclusive();
     let sim = Simulator::start(&["--rows-per-day", "1"]);
     let all = stores("PW", 1, 1);
-    let mut db = setup(&sim, &all);
+    let mut db = fresh_estate(&sim, &ESTATE, &all);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/orders_sync_run_profiler.sh");
     let run = |args: &[&str]| {
         let output = std::process::Command::new("bash").arg(script).args(args).output().unwrap();
@@ -506,7 +492,7 @@ fn terminated_job_worker_fails_its_window_within_seconds_and_stops_only_its_stor
     let _guard = exclusive();
     let sim = Simulator::start(&["--rows-per-day", "2"]);
     let all = stores("PK", 3, 0);
-    let mut db = setup(&sim, &all);
+    let mut db = fresh_estate(&sim, &ESTATE, &all);
     sim.control("/_control/faults", json!({"kind": "slow", "delay_ms": 200}));
 
     let run_id = run_profiler(&mut db, "itkill", ", max_workers => 3");

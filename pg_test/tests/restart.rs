@@ -2,31 +2,19 @@
 //! nothing stays `running`, and the next run completes the data from the saved cursors.
 
 use orders_sync_pg_test::postgres::Client;
-use orders_sync_pg_test::{connect, ensure_extension, scalar, Simulator};
+use orders_sync_pg_test::{fresh_estate, pg_bin, scalar, Estate, Simulator};
 use std::time::{Duration, Instant};
 
 const STORES: [&str; 3] = ["CRASH1", "CRASH2", "CRASH3"];
 
-fn setup(sim: &Simulator) -> Client {
-    let mut db = connect();
-    ensure_extension(&mut db);
-    db.execute(
-        "UPDATE orders_sync.pipelines SET base_url = $1, page_size = 20, max_attempts = 2, read_timeout_ms = 5000",
-        &[&sim.base_url],
-    )
-    .unwrap();
-    db.batch_execute("UPDATE orders_sync.store_master SET is_active = false").unwrap();
-    for store in STORES {
-        db.execute(
-            "INSERT INTO orders_sync.store_master (store_code, cost_center, sync_group, start_date, is_active)
-             VALUES ($1, 'CC01', 'UC', '2026-01-01', true)
-             ON CONFLICT (store_code) DO UPDATE SET sync_group = 'UC', start_date = '2026-01-01', is_active = true",
-            &[&store],
-        )
-        .unwrap();
-    }
-    db
-}
+const ESTATE: Estate = Estate {
+    page_size: 20,
+    max_attempts: 2,
+    read_timeout_ms: Some(5000),
+    start_date: "2026-01-01",
+    only_these_active: true,
+    clear_data: false,
+};
 
 /// `pg_ctl restart -m immediate`: every backend and worker dies at once, as in a crash.
 fn crash_restart() {
@@ -34,7 +22,9 @@ fn crash_restart() {
         panic!("ORDERS_SYNC_TEST_DIR is not set: run the integration tests through scripts/test.sh")
     });
     let status = std::process::Command::new("sudo")
-        .args(["-u", "postgres", "/usr/lib/postgresql/15/bin/pg_ctl", "-D"])
+        .args(["-u", "postgres"])
+        .arg(format!("{}/pg_ctl", pg_bin()))
+        .arg("-D")
         .arg(format!("{dir}/data"))
         .args(["-m", "immediate", "-w", "-t", "120", "-l"])
         .arg(format!("{dir}/server.log"))
@@ -72,7 +62,7 @@ fn wait_until(db: &mut Client, query: &str, timeout: Duration) -> bool {
 #[test]
 fn launcher_heals_a_crash_restart_mid_run_and_the_next_run_completes_the_data() {
     let sim = Simulator::start(&["--rows-per-day", "10"]);
-    let mut db = setup(&sim);
+    let mut db = fresh_estate(&sim, &ESTATE, &STORES.map(|store| (store, "UC")));
     // 10 days x 10 rows in pages of 20: 5 pages a window, each page 300 ms late.
     sim.control("/_control/faults", serde_json::json!({"kind": "slow", "delay_ms": 300}));
     let run_id: String = scalar(

@@ -2,35 +2,21 @@
 //! from the reference simulator over real HTTP and writes it transactionally (docs/design.md#sources, #writing).
 
 use orders_sync_pg_test::postgres::Client;
-use orders_sync_pg_test::{connect, ensure_extension, error_of, scalar, Simulator};
+use orders_sync_pg_test::{error_of, fresh_estate, scalar, Estate, Simulator};
 use serde_json::json;
 
 const FROM: &str = "2026-01-01";
 const TO: &str = "2026-01-10";
 
-/// Points both built-in pipelines at `sim` (50 records a page, so windows span several
-/// pages) and registers the stores fresh.
-fn setup(sim: &Simulator, stores: &[(&str, &str)]) -> Client {
-    let mut db = connect();
-    ensure_extension(&mut db);
-    db.execute(
-        "UPDATE orders_sync.pipelines SET base_url = $1, page_size = 50, max_attempts = 3, read_timeout_ms = 2000",
-        &[&sim.base_url],
-    )
-    .unwrap();
-    for (store, group) in stores {
-        db.execute("DELETE FROM orders_sync.records WHERE store_code = $1", &[store]).unwrap();
-        db.execute("DELETE FROM orders_sync.kpi_facts_daily WHERE store_code = $1", &[store]).unwrap();
-        db.execute(
-            "INSERT INTO orders_sync.store_master (store_code, cost_center, sync_group, start_date)
-             VALUES ($1, 'CC01', $2, '2025-01-01')
-             ON CONFLICT (store_code) DO UPDATE SET sync_group = EXCLUDED.sync_group",
-            &[store, group],
-        )
-        .unwrap();
-    }
-    db
-}
+/// 50 records a page, so windows span several pages; the stores' data starts empty.
+const ESTATE: Estate = Estate {
+    page_size: 50,
+    max_attempts: 3,
+    read_timeout_ms: Some(2000),
+    start_date: "2025-01-01",
+    only_these_active: false,
+    clear_data: true,
+};
 
 fn sync(db: &mut Client, pipeline: &str, store: &str, flags: &str) -> String {
     let query = format!("SELECT orders_sync.sync_window('{pipeline}', '{store}', '{FROM}', '{TO}'{flags})");
@@ -67,7 +53,7 @@ fn last_log(db: &mut Client, store: &str) -> (String, i32, bool, bool, Option<St
 #[test]
 fn td_window_end_to_end_equals_the_source_and_stamps_both_streams() {
     let sim = Simulator::start(&[]);
-    let mut db = setup(&sim, &[("TDE2E", "TD")]);
+    let mut db = fresh_estate(&sim, &ESTATE, &[("TDE2E", "TD")]);
 
     assert_eq!(sync(&mut db, "td_orders_sync", "TDE2E", ""), "success");
 
@@ -106,7 +92,7 @@ fn td_window_end_to_end_equals_the_source_and_stamps_both_streams() {
 #[test]
 fn sales_failing_makes_the_window_partial_and_keeps_the_orders() {
     let sim = Simulator::start(&[]);
-    let mut db = setup(&sim, &[("TDPART", "TD")]);
+    let mut db = fresh_estate(&sim, &ESTATE, &[("TDPART", "TD")]);
     sim.control("/_control/faults", json!({"store": "TDPART", "stream": "sales", "kind": "status", "status": 503}));
 
     assert_eq!(sync(&mut db, "td_orders_sync", "TDPART", ""), "partial");
@@ -121,7 +107,7 @@ fn sales_failing_makes_the_window_partial_and_keeps_the_orders() {
 #[test]
 fn orders_failing_fails_the_window_without_pulling_sales() {
     let sim = Simulator::start(&[]);
-    let mut db = setup(&sim, &[("TDFAIL", "TD")]);
+    let mut db = fresh_estate(&sim, &ESTATE, &[("TDFAIL", "TD")]);
     sim.control("/_control/faults", json!({"store": "TDFAIL", "stream": "orders", "kind": "status", "status": 404}));
 
     assert_eq!(sync(&mut db, "td_orders_sync", "TDFAIL", ""), "failed");
@@ -137,7 +123,7 @@ fn orders_failing_fails_the_window_without_pulling_sales() {
 #[test]
 fn uc_window_pulls_gst_as_order_data() {
     let sim = Simulator::start(&[]);
-    let mut db = setup(&sim, &[("UCOK", "UC")]);
+    let mut db = fresh_estate(&sim, &ESTATE, &[("UCOK", "UC")]);
 
     assert_eq!(sync(&mut db, "uc_orders_sync", "UCOK", ""), "success");
 
@@ -149,7 +135,7 @@ fn uc_window_pulls_gst_as_order_data() {
 #[test]
 fn orders_only_and_sales_only_pull_one_stream() {
     let sim = Simulator::start(&[]);
-    let mut db = setup(&sim, &[("TDONE", "TD")]);
+    let mut db = fresh_estate(&sim, &ESTATE, &[("TDONE", "TD")]);
 
     assert_eq!(sync(&mut db, "td_orders_sync", "TDONE", ", orders_only => true"), "success");
     assert_eq!(count_rows(&mut db, "td_sales", "TDONE"), 0);
@@ -167,7 +153,7 @@ fn orders_only_and_sales_only_pull_one_stream() {
 #[test]
 fn rerunning_a_window_changes_nothing() {
     let sim = Simulator::start(&[]);
-    let mut db = setup(&sim, &[("TDIDEM", "TD")]);
+    let mut db = fresh_estate(&sim, &ESTATE, &[("TDIDEM", "TD")]);
     assert_eq!(sync(&mut db, "td_orders_sync", "TDIDEM", ""), "success");
     let versions_before: String = scalar(
         &mut db,
@@ -188,7 +174,7 @@ fn rerunning_a_window_changes_nothing() {
 #[test]
 fn late_rows_appear_and_deleted_rows_disappear_after_a_rerun() {
     let sim = Simulator::start(&[]);
-    let mut db = setup(&sim, &[("TDLATE", "TD")]);
+    let mut db = fresh_estate(&sim, &ESTATE, &[("TDLATE", "TD")]);
     assert_eq!(sync(&mut db, "td_orders_sync", "TDLATE", ""), "success");
 
     sim.control(
@@ -236,7 +222,7 @@ fn a_record_stored_under_another_date_is_moved_not_a_key_violation() {
     // The window is empty, but one id the source sends is already stored (written when the
     // source dated it elsewhere): it must be updated in place, not inserted a second time.
     let sim = Simulator::start(&[]);
-    let mut db = setup(&sim, &[("TDMOVE", "TD")]);
+    let mut db = fresh_estate(&sim, &ESTATE, &[("TDMOVE", "TD")]);
     db.execute(
         "INSERT INTO orders_sync.records (pipeline_id, store_code, stream, record_id, record_date, amount, payload)
          SELECT id, 'TDMOVE', 'orders', 'orders-TDMOVE-20260105-000003', '2025-06-01', 1, '{}'
@@ -262,7 +248,7 @@ fn pages_whose_id_range_holds_many_other_records_still_write_only_changes() {
     // first page's id range: reading that range would fetch far more than the page, so the
     // page's ids are looked up one by one. Only the 2 changed records may be rewritten.
     let sim = Simulator::start(&[]);
-    let mut db = setup(&sim, &[("TDWIDE", "TD")]);
+    let mut db = fresh_estate(&sim, &ESTATE, &[("TDWIDE", "TD")]);
     assert_eq!(sync(&mut db, "td_orders_sync", "TDWIDE", ""), "success");
     db.execute(
         "INSERT INTO orders_sync.records (pipeline_id, store_code, stream, record_id, record_date, amount, payload)
@@ -295,7 +281,7 @@ fn pages_whose_id_range_holds_many_other_records_still_write_only_changes() {
 #[test]
 fn a_500_then_success_is_retried() {
     let sim = Simulator::start(&[]);
-    let mut db = setup(&sim, &[("UCRETRY", "UC")]);
+    let mut db = fresh_estate(&sim, &ESTATE, &[("UCRETRY", "UC")]);
     sim.control(
         "/_control/faults",
         json!({"store": "UCRETRY", "stream": "gst", "page": 1, "kind": "status", "status": 500, "times": 1}),
@@ -311,7 +297,7 @@ fn a_500_then_success_is_retried() {
 #[test]
 fn a_malformed_page_fails_the_window_and_keeps_earlier_data() {
     let sim = Simulator::start(&[]);
-    let mut db = setup(&sim, &[("UCBAD", "UC")]);
+    let mut db = fresh_estate(&sim, &ESTATE, &[("UCBAD", "UC")]);
     assert_eq!(sync(&mut db, "uc_orders_sync", "UCBAD", ""), "success");
     let before = count_rows(&mut db, "uc_gst", "UCBAD");
 
@@ -336,7 +322,7 @@ fn a_malformed_page_fails_the_window_and_keeps_earlier_data() {
 #[test]
 fn a_token_never_appears_in_error_message() {
     let sim = Simulator::start(&["--token", "right-token"]);
-    let mut db = setup(&sim, &[("UCTOKEN", "UC")]);
+    let mut db = fresh_estate(&sim, &ESTATE, &[("UCTOKEN", "UC")]);
     let secret = "tok-Secret-987654321";
     db.execute(
         "INSERT INTO orders_sync.pipeline_credentials (pipeline_id, api_token)
@@ -372,7 +358,7 @@ fn a_token_never_appears_in_error_message() {
 #[test]
 fn bad_arguments_are_clear_sql_errors() {
     let sim = Simulator::start(&[]);
-    let mut db = setup(&sim, &[("TDARGS", "TD"), ("UCARGS", "UC")]);
+    let mut db = fresh_estate(&sim, &ESTATE, &[("TDARGS", "TD"), ("UCARGS", "UC")]);
     let cases = [
         (
             "SELECT orders_sync.sync_window('td_orders_sync', 'TDARGS', '2026-02-01', '2026-01-01')",
@@ -410,7 +396,7 @@ fn bad_arguments_are_clear_sql_errors() {
 #[test]
 fn default_window_is_the_last_90_days_in_the_pipeline_timezone() {
     let sim = Simulator::start(&["--rows-per-day", "1"]);
-    let mut db = setup(&sim, &[("UCDEF", "UC")]);
+    let mut db = fresh_estate(&sim, &ESTATE, &[("UCDEF", "UC")]);
     let status: String = scalar(&mut db, "SELECT orders_sync.sync_window('uc_orders_sync', 'UCDEF')");
     assert_eq!(status, "success");
     let window_ok: bool = scalar(
