@@ -550,6 +550,7 @@ fn run_profiler(
         },
     };
     warn_without_launcher(&run_id);
+    crate::schedule::warn_if_schedules_cannot_run();
     if wait {
         let mut last_report = std::time::Instant::now();
         loop {
