@@ -477,7 +477,7 @@ fn another_roles_job_of_a_registered_name_is_not_resumed_deleted_or_shown() {
     let _guard = exclusive();
     let mut db = setup();
     reset_role(&mut db, "it_foreign");
-    db.batch_execute("CREATE ROLE it_foreign NOLOGIN").unwrap();
+    db.batch_execute("CREATE ROLE it_foreign LOGIN").unwrap();
     // Another role's paused job, with a failed run; an admin writes its name into the registry.
     let foreign: i64 = scalar(
         &mut db,
@@ -525,7 +525,7 @@ fn a_same_named_job_created_later_by_another_role_does_not_replace_ours() {
     let _guard = exclusive();
     let mut db = setup();
     reset_role(&mut db, "it_foreign");
-    db.batch_execute("CREATE ROLE it_foreign NOLOGIN").unwrap();
+    db.batch_execute("CREATE ROLE it_foreign LOGIN").unwrap();
     let ours = schedule(&mut db, "it_shared", YEARLY);
     let recorded: i64 = scalar(&mut db, "SELECT job_id FROM orders_sync.schedules WHERE job_name = 'it_shared'");
     assert_eq!(recorded, ours, "the id of the job orders_sync created is recorded");
@@ -632,26 +632,40 @@ fn wait_for(db: &mut Client, query: &str, timeout: Duration) -> bool {
     }
 }
 
-/// Leaves the cluster as the next test expects it: the cluster-level settings back to
-/// scripts/pg_cluster.sh's, and pg_cron's scheduler running, with a restart if need be.
-struct SchedulerRestored {
+/// Puts the cluster back as the next test expects it: the cluster-level settings as
+/// scripts/pg_cluster.sh wrote them, and pg_cron's scheduler running (a restart if need be).
+fn restore_scheduler(settings_changed: bool) -> Result<(), String> {
+    let mut db = Client::connect(&orders_sync_pg_test::dsn(), orders_sync_pg_test::postgres::NoTls)
+        .map_err(|error| error.to_string())?;
+    if settings_changed {
+        // One statement per call: ALTER SYSTEM cannot run in a (multi-statement) transaction.
+        for statement in ["ALTER SYSTEM RESET cron.database_name", "ALTER SYSTEM RESET shared_preload_libraries"] {
+            db.batch_execute(statement).map_err(|error| format!("{statement}: {error}"))?;
+        }
+        db = restart_cluster();
+    }
+    let scheduler_runs = "SELECT orders_sync.cron_scheduler_problem() IS NULL";
+    if !wait_for(&mut db, scheduler_runs, Duration::from_secs(5)) {
+        db = restart_cluster();
+        if !wait_for(&mut db, scheduler_runs, Duration::from_secs(30)) {
+            return Err("pg_cron's scheduler did not come back after a restart".to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Restores the cluster when a test that breaks it fails half-way; a passing test restores
+/// it itself and checks that it did.
+struct RestoreOnFailure {
     settings_changed: bool,
 }
 
-impl Drop for SchedulerRestored {
+impl Drop for RestoreOnFailure {
     fn drop(&mut self) {
-        let mut db = connect();
-        if self.settings_changed {
-            db.batch_execute("ALTER SYSTEM RESET cron.database_name; ALTER SYSTEM RESET shared_preload_libraries")
-                .unwrap();
-            db = restart_cluster();
-        }
-        if !wait_for(&mut db, "SELECT orders_sync.cron_scheduler_problem() IS NULL", Duration::from_secs(5)) {
-            db = restart_cluster();
-            assert!(
-                wait_for(&mut db, "SELECT orders_sync.cron_scheduler_problem() IS NULL", Duration::from_secs(30)),
-                "pg_cron's scheduler did not come back after a restart"
-            );
+        if std::thread::panicking() {
+            if let Err(error) = restore_scheduler(self.settings_changed) {
+                eprintln!("could not restore the cluster after a failed test: {error}");
+            }
         }
     }
 }
@@ -660,7 +674,7 @@ impl Drop for SchedulerRestored {
 fn terminated_pg_cron_scheduler_is_reported_within_a_second_and_started_again_without_a_restart() {
     let _guard = exclusive();
     let mut db = setup();
-    let _restore = SchedulerRestored { settings_changed: false };
+    let _restore = RestoreOnFailure { settings_changed: false };
     assert!(
         wait_for(&mut db, "SELECT orders_sync.cron_scheduler_problem() IS NULL", Duration::from_secs(30)),
         "pg_cron's scheduler runs at the start"
@@ -741,6 +755,7 @@ fn terminated_pg_cron_scheduler_is_reported_within_a_second_and_started_again_wi
         &format!("SELECT EXISTS (SELECT FROM cron.job_run_details WHERE jobid = {probe} AND status = 'succeeded')"),
         Duration::from_secs(75),
     );
+    std::thread::sleep(Duration::from_secs(2)); // a second scheduler's run would start as well
     db.execute("SELECT cron.unschedule($1::bigint)", &[&probe]).unwrap();
     let runs: i64 = scalar(&mut db, &format!("SELECT count(*) FROM cron.job_run_details WHERE jobid = {probe}"));
     db.execute("DELETE FROM cron.job_run_details WHERE jobid = $1", &[&probe]).unwrap();
@@ -748,6 +763,7 @@ fn terminated_pg_cron_scheduler_is_reported_within_a_second_and_started_again_wi
     assert_eq!(runs, 1, "one scheduler: the job ran once, not twice");
     assert_eq!(cron_launchers(&mut db), 1);
     let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+    restore_scheduler(false).unwrap();
 }
 
 #[test]
@@ -755,7 +771,7 @@ fn cron_database_name_elsewhere_or_pg_cron_not_preloaded_is_scheduler_down() {
     let _guard = exclusive();
     let mut db = setup();
     schedule(&mut db, "it_elsewhere", YEARLY);
-    let _restore = SchedulerRestored { settings_changed: true };
+    let _restore = RestoreOnFailure { settings_changed: true };
 
     // cron.database_name is read at server start only (postmaster context): restart.
     let context: String = scalar(&mut db, "SELECT context FROM pg_settings WHERE name = 'cron.database_name'");
@@ -769,13 +785,15 @@ fn cron_database_name_elsewhere_or_pg_cron_not_preloaded_is_scheduler_down() {
     let message = error_of(&mut db, "SELECT orders_sync.start_cron_scheduler()");
     assert!(message.starts_with("pg_cron's scheduler cannot be started from here: cron.database_name"), "{message}");
 
-    db.batch_execute(
-        "ALTER SYSTEM RESET cron.database_name; ALTER SYSTEM SET shared_preload_libraries = 'orders_sync'",
-    )
-    .unwrap();
+    db.batch_execute("ALTER SYSTEM RESET cron.database_name").unwrap();
+    db.batch_execute("ALTER SYSTEM SET shared_preload_libraries = 'orders_sync'").unwrap();
     let mut db = restart_cluster();
     let (state, detail) = health(&mut db, "it_elsewhere");
     assert_eq!(state, "scheduler_down", "{detail}");
     assert!(detail.starts_with("pg_cron is not in shared_preload_libraries"), "{detail}");
-    // (cron.unschedule needs pg_cron loaded: the next test's setup removes the job.)
+    drop(db);
+    restore_scheduler(true).unwrap();
+    let mut db = connect();
+    assert_eq!(health(&mut db, "it_elsewhere").0, "ok", "back to normal once the settings are restored");
+    let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
 }
