@@ -168,7 +168,7 @@ const CRON_RESTART_SECS: u64 = 1;
 /// How long a missing scheduler is watched before one is started: longer than pg_cron's
 /// restart time, so that a scheduler between two attempts comes back on its own first.
 /// Two schedulers would each run every job.
-const SETTLE_MILLIS: i64 = 2_500;
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(2_500);
 /// The start of cron_scheduler_problem()'s answer when the scheduler process is all that is
 /// missing (sql/schedules.sql); any other answer is fixed by configuration and a restart.
 const NOT_RUNNING: &str = "pg_cron's scheduler is not running";
@@ -204,8 +204,8 @@ fn scheduler_error(message: impl Into<String>, hint: &str) -> SqlError {
 }
 
 /// Brings pg_cron's scheduler back without a server restart after it was terminated
-/// (`pg_terminate_backend`: pg_cron 1.4 then exits cleanly and the postmaster never starts it
-/// again). Starts pg_cron's own entry point as a dynamic background worker, exactly as pg_cron
+/// (`pg_terminate_backend`: pg_cron before 1.6.1 then exits cleanly, and the postmaster never
+/// restarts a worker that exits cleanly). Starts pg_cron's own entry point as a dynamic background worker, exactly as pg_cron
 /// registers it at server start; returns its pid, or the pid of the one already running.
 /// Superusers only. Refuses when the scheduler is not the problem (cron.database_name,
 /// shared_preload_libraries, standby): those need a configuration change and a restart.
@@ -237,7 +237,7 @@ fn start_cron_scheduler() -> i32 {
         return pid;
     }
 
-    let settle_until = std::time::Instant::now() + std::time::Duration::from_millis(SETTLE_MILLIS as u64);
+    let settle_until = std::time::Instant::now() + SETTLE;
     while std::time::Instant::now() < settle_until {
         if let Some(pid) = cron_launcher_pid() {
             notice!("pg_cron's scheduler came back by itself (pid {pid})");
