@@ -301,7 +301,7 @@ fn upgrading_from_0_1_1_matches_a_fresh_install_and_owns_only_the_jobs_it_create
         "DROP EXTENSION IF EXISTS orders_sync CASCADE;
          SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname LIKE 'it_up11%';
          CREATE EXTENSION orders_sync VERSION '0.1.1' CASCADE;
-         INSERT INTO orders_sync.store_master (store_code, sync_group, start_date) VALUES ('UPGRADE11', 'UC', '2026-01-01');
+         INSERT INTO orders_sync.store_master (store_code, sync_group, start_date) VALUES ('UPGRD11', 'UC', '2026-01-01');
          DO $$ BEGIN
              IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'it_upgrader11') THEN
                  DROP OWNED BY it_upgrader11; DROP ROLE it_upgrader11;
@@ -341,7 +341,7 @@ fn upgrading_from_0_1_1_matches_a_fresh_install_and_owns_only_the_jobs_it_create
     db.batch_execute("ALTER EXTENSION orders_sync UPDATE").unwrap();
     let version: String = scalar(&mut db, "SELECT extversion FROM pg_extension WHERE extname = 'orders_sync'");
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
-    let kept: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.store_master WHERE store_code = 'UPGRADE11'");
+    let kept: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.store_master WHERE store_code = 'UPGRD11'");
     assert_eq!(kept, 1, "an upgrade keeps the data");
     let recorded: Vec<(String, bool)> = db
         .query(
