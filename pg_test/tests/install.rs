@@ -366,6 +366,13 @@ fn upgrading_from_0_1_1_matches_a_fresh_install_and_owns_only_the_jobs_it_create
     );
     assert_eq!(nulls, 3, "only a job with the same name, command, owner and database is taken as ours");
 
+    // pg_cron's scheduler comes up a second or two after the server (it retries until the
+    // database exists); until then every job is rightly scheduler_down.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while scalar::<Option<String>>(&mut db, "SELECT orders_sync.cron_scheduler_problem()").is_some() {
+        assert!(std::time::Instant::now() < deadline, "pg_cron's scheduler did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let states: Vec<(String, String)> = db
         .query("SELECT job_name, state FROM orders_sync.scheduler_health ORDER BY job_name", &[])
         .unwrap()

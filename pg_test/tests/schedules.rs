@@ -14,6 +14,13 @@ fn setup() -> Client {
     let mut db = connect();
     ensure_extension(&mut db);
     let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+    // pg_cron's scheduler comes up a second or two after the server (it retries until the
+    // database exists); until then every job is rightly scheduler_down.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scalar::<Option<String>>(&mut db, "SELECT orders_sync.cron_scheduler_problem()").is_some() {
+        assert!(Instant::now() < deadline, "pg_cron's scheduler did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     db
 }
 
