@@ -62,8 +62,8 @@ integration() {
   locked bash -c '
     set -euo pipefail
     cargo pgrx install --pg-config "$0" >/dev/null
-    # The released 0.1.0 script, so the upgrade path to this version is tested too.
-    install -m 644 pg_test/fixtures/orders_sync--0.1.0.sql "$("$0" --sharedir)/extension/"
+    # The released 0.1.0 and 0.1.1 scripts, so the upgrade paths to this version are tested too.
+    install -m 644 pg_test/fixtures/orders_sync--0.1.0.sql pg_test/fixtures/orders_sync--0.1.1.sql "$("$0" --sharedir)/extension/"
     trap "scripts/pg_cluster.sh stop \"$1/it\"" EXIT
     scripts/pg_cluster.sh stop "$1/it"
     rm -rf "$1/it"  # a fresh cluster: the extension under test is created anew

@@ -53,7 +53,10 @@ GRANT EXECUTE ON FUNCTION orders_sync.reset_stuck_runs(interval) TO orders_sync_
 -- Schedules (sql/schedules.sql). The monitor reads the registry and its health; the health
 -- view reads pg_cron through scheduled_job_runs(), which shows no commands.
 GRANT SELECT ON orders_sync.schedules, orders_sync.scheduler_health TO orders_sync_monitor;
-GRANT EXECUTE ON FUNCTION orders_sync.cron_interval(text), orders_sync.scheduled_job_runs() TO orders_sync_monitor;
+GRANT EXECUTE ON FUNCTION orders_sync.cron_interval(text), orders_sync.scheduled_job_runs(),
+    orders_sync.cron_scheduler_problem() TO orders_sync_monitor;
+-- orders_sync.start_cron_scheduler() starts a cluster-wide process: superusers only (it also
+-- checks), so it is granted to no role.
 -- The schedule_* functions run with the admin's rights, so the admin writes the registry.
 GRANT INSERT, UPDATE, DELETE ON orders_sync.schedules TO orders_sync_admin;
 GRANT EXECUTE ON FUNCTION

@@ -380,11 +380,17 @@ CREATE TABLE orders_sync.schedules (
     -- get a command run with a superuser's rights. NULL: unknown (a row from 0.1.0 whose
     -- pg_cron job was gone or differed at the upgrade); repair skips it until it is
     -- registered again.
-    registered_by NAME DEFAULT current_user
+    registered_by NAME DEFAULT current_user,
+    -- The id of the pg_cron job orders_sync created for this row (schedule_*, repair). Jobs are
+    -- matched by this id and by their owner being registered_by, never by name alone: another
+    -- role's job of the same name is neither reported nor touched (a superuser's repair once
+    -- resumed and unscheduled such jobs). NULL: none created yet, or a row from before 0.2.0
+    -- whose job could not be identified at the upgrade.
+    job_id     BIGINT
 );
 
 COMMENT ON TABLE orders_sync.schedules IS
-    'Registry of the pg_cron jobs orders_sync expects (job name, cron schedule in UTC, command, the role it runs as); see scheduler_health.';
+    'Registry of the pg_cron jobs orders_sync expects (job name, cron schedule in UTC, command, the role it runs as, the id of the job it created); see scheduler_health.';
 
 CREATE FUNCTION orders_sync.stamp_schedule_registrant() RETURNS trigger
 LANGUAGE plpgsql

@@ -123,6 +123,19 @@ pub fn run_worker_and_wait<R: WorkerRequest>(request: &R) -> Result<(), SqlError
     }
 }
 
+/// Sleeps on the latch for up to `millis` in a backend running a SQL function (waiting for a
+/// worker's commits), waking early for interrupts (pg_cancel_backend, statement_timeout),
+/// which are then serviced.
+pub fn nap(millis: i64) {
+    // SAFETY: this backend's own latch; the wait exits on postmaster death.
+    unsafe {
+        let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32;
+        pg_sys::WaitLatch(pg_sys::MyLatch, events, millis as _, pg_sys::PG_WAIT_EXTENSION);
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+}
+
 /// Runs `body` in its own transaction and commits it. An `Err` from the body, or an ERROR
 /// raised inside (a constraint, a bad numeric from the source), aborts just that transaction
 /// and comes back as `Err` with the message, so the worker can record `failed` and live on.

@@ -439,17 +439,6 @@ fn warn_without_launcher(run_id: &str) {
     ereport!(PgLogLevel::WARNING, PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, hint);
 }
 
-/// Sleeps on the latch for up to `millis`, waking early for interrupts (pg_cancel_backend,
-/// statement_timeout), which are then serviced.
-fn nap(millis: i64) {
-    unsafe {
-        let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32;
-        pg_sys::WaitLatch(pg_sys::MyLatch, events, millis as _, pg_sys::PG_WAIT_EXTENSION);
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
-    pgrx::check_for_interrupts!();
-}
-
 /// `orders_sync.run_profiler(...)`: plans and enqueues a run, returns its run_id at once
 /// (or, with `wait => true`, when it has ended). Background workers do the fetching.
 #[pg_extern(volatile, parallel_unsafe)]
@@ -475,6 +464,7 @@ fn run_profiler(
     bgw::run_worker_and_wait(&request).or_raise();
     let run_id = resolve_run(&request, &called_at).or_raise();
     warn_without_launcher(&run_id);
+    crate::schedule::warn_if_schedules_cannot_run();
     if wait {
         wait_for_run(&run_id).or_raise();
     }
@@ -590,7 +580,7 @@ fn wait_for_run(run_id: &str) -> SqlResult<()> {
             }
             last_report = std::time::Instant::now();
         }
-        nap(200)
+        bgw::nap(200)
     }
 }
 

@@ -4,13 +4,19 @@
 //! `scheduler_health` view (sql/schedules.sql) calls a job `stale` when it has not succeeded
 //! within about twice that interval. Parsing is croner's (a maintained crate, Vixie-cron
 //! semantics: day-of-month and day-of-week are OR-ed, Sunday is 0 or 7), never hand-rolled.
-//! Everything that talks to pg_cron is plain SQL in sql/schedules.sql.
+//! The registry and health of jobs are plain SQL in sql/schedules.sql. Two things need Rust:
+//! run_profiler's warning when the schedules cannot run, and starting pg_cron's scheduler
+//! again after it was terminated (pg_cron 1.4 does not, and only a restart would).
 
+use crate::bgw;
 use crate::errors::{OrRaise, SqlError};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
+use pgrx::bgworkers::BackgroundWorkerBuilder;
+use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 /// pg_cron fires on UTC and needs no more than this: the expression must fire at least once
 /// in this many days after a reference instant (a yearly job fires within 366 days; the
@@ -124,6 +130,143 @@ fn check_cron_schedule(schedule: Option<&str>) -> bool {
         },
     };
     SqlError::invalid_argument("schedule", problem).with_hint(CRON_HINT).raise()
+}
+
+/// For `run_profiler`: a WARNING when jobs are registered and pg_cron cannot run them
+/// (`orders_sync.cron_scheduler_problem()`: scheduler terminated, cron.database_name
+/// elsewhere, pg_cron not preloaded). The run itself goes on; this says that the next ones
+/// will not come. Never raises: a caller without the rights to look is simply not warned.
+pub fn warn_if_schedules_cannot_run() {
+    // Privileges first: a function or table the caller may not use fails the whole query at
+    // executor start, whatever a WHERE or CASE around it says.
+    let may_look = Spi::get_one::<bool>(
+        "SELECT pg_catalog.has_function_privilege('orders_sync.cron_scheduler_problem()', 'EXECUTE')
+            AND pg_catalog.has_table_privilege('orders_sync.schedules', 'SELECT')",
+    );
+    if may_look != Ok(Some(true)) {
+        return;
+    }
+    let Ok(Some((problem, jobs))) = Spi::get_two::<String, i64>(
+        "SELECT orders_sync.cron_scheduler_problem(), count(*) FROM orders_sync.schedules HAVING count(*) > 0",
+    )
+    .map(|(problem, jobs)| problem.zip(jobs)) else {
+        return;
+    };
+    ereport!(
+        PgLogLevel::WARNING,
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("pg_cron cannot run the {jobs} scheduled orders_sync job(s): {problem}"),
+        "This run goes on; the scheduled ones will not start until this is fixed. orders_sync.scheduler_health shows scheduler_down; see the README's runbook."
+    );
+}
+
+/// pg_cron's scheduler, as pg_cron registers it at server start (src/pg_cron.c, 1.4.2): the
+/// same library, entry point, process type, flags and restart time.
+const CRON_LAUNCHER: &str = "pg_cron launcher";
+const CRON_LIBRARY: &str = "pg_cron";
+const CRON_ENTRY_POINT: &str = "PgCronLauncherMain";
+const CRON_RESTART_SECS: u64 = 1;
+/// How long a missing scheduler is watched before one is started: longer than pg_cron's
+/// restart time, so that a scheduler between two attempts comes back on its own first.
+/// Two schedulers would each run every job.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(2_500);
+/// The start of cron_scheduler_problem()'s answer when the scheduler process is all that is
+/// missing (sql/schedules.sql); any other answer is fixed by configuration and a restart.
+const NOT_RUNNING: &str = "pg_cron's scheduler is not running";
+
+/// The pid of the running pg_cron scheduler, as of now (not the transaction's cached view).
+fn cron_launcher_pid() -> Option<i32> {
+    Spi::run("SELECT pg_catalog.pg_stat_clear_snapshot()").ok()?;
+    Spi::get_one::<i32>(
+        "SELECT a.pid FROM pg_catalog.pg_stat_activity a
+         WHERE a.backend_type = 'pg_cron launcher' ORDER BY a.backend_start LIMIT 1",
+    )
+    .ok()
+    .flatten()
+}
+
+fn cron_scheduler_problem() -> Option<String> {
+    Spi::get_one::<String>("SELECT orders_sync.cron_scheduler_problem()").ok().flatten()
+}
+
+fn scheduler_error(message: impl Into<String>, hint: &str) -> SqlError {
+    SqlError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message).with_hint(hint)
+}
+
+/// Brings pg_cron's scheduler back without a server restart after it was terminated
+/// (`pg_terminate_backend`: pg_cron before 1.6.1 then exits cleanly, and the postmaster never
+/// restarts a worker that exits cleanly). Starts pg_cron's own entry point as a dynamic background worker, exactly as pg_cron
+/// registers it at server start; returns its pid, or the pid of the one already running.
+/// Superusers only. Refuses when the scheduler is not the problem (cron.database_name,
+/// shared_preload_libraries, standby): those need a configuration change and a restart.
+#[pg_extern(volatile, parallel_unsafe)]
+fn start_cron_scheduler() -> i32 {
+    if !unsafe { pg_sys::superuser() } {
+        SqlError::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "permission denied to start pg_cron's scheduler")
+            .with_hint("It is a cluster-wide process: ask a superuser, or restart the server.")
+            .raise()
+    }
+    // One caller at a time: whoever waited here finds the scheduler the first one started.
+    Spi::run("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('orders_sync.start_cron_scheduler'))")
+        .unwrap_or_else(|error| SqlError::internal(format!("advisory lock: {error}")).raise());
+
+    if let Some(problem) = cron_scheduler_problem() {
+        if !problem.starts_with(NOT_RUNNING) {
+            scheduler_error(
+                format!("pg_cron's scheduler cannot be started from here: {problem}"),
+                "Fix the setting named above and restart the server; starting a scheduler would not help.",
+            )
+            .raise()
+        }
+    } else if let Some(pid) = cron_launcher_pid() {
+        notice!("pg_cron's scheduler is already running (pid {pid})");
+        return pid;
+    }
+
+    let settle_until = std::time::Instant::now() + SETTLE;
+    while std::time::Instant::now() < settle_until {
+        if let Some(pid) = cron_launcher_pid() {
+            notice!("pg_cron's scheduler came back by itself (pid {pid})");
+            return pid;
+        }
+        bgw::nap(100);
+    }
+
+    let worker = BackgroundWorkerBuilder::new(CRON_LAUNCHER)
+        .set_type(CRON_LAUNCHER)
+        .set_library(CRON_LIBRARY)
+        .set_function(CRON_ENTRY_POINT)
+        .enable_spi_access()
+        .set_restart_time(Some(std::time::Duration::from_secs(CRON_RESTART_SECS)))
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic()
+        .unwrap_or_else(|_| {
+            scheduler_error(
+                "no background worker slot is free for pg_cron's scheduler",
+                "Raise max_worker_processes (needs a restart) or wait for running workers to end, then try again.",
+            )
+            .raise()
+        });
+    let started = worker.wait_for_startup().unwrap_or_else(|status| {
+        scheduler_error(
+            format!("pg_cron's scheduler did not start ({status:?})"),
+            "See the server log for the pg_cron launcher's error; a restart brings it back.",
+        )
+        .raise()
+    });
+    // It is running once it has connected and shows in pg_stat_activity.
+    for _ in 0..100 {
+        if cron_launcher_pid().is_some() && cron_scheduler_problem().is_none() {
+            notice!("pg_cron's scheduler started (pid {started})");
+            return started;
+        }
+        bgw::nap(100);
+    }
+    scheduler_error(
+        format!("pg_cron's scheduler (pid {started}) started but is not running jobs here after 10 s"),
+        "See the server log for the pg_cron launcher's error and orders_sync.cron_scheduler_problem(); a restart brings it back.",
+    )
+    .raise()
 }
 
 #[cfg(test)]

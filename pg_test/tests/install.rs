@@ -240,21 +240,42 @@ fn upgrading_from_0_1_0_matches_a_fresh_install_and_keeps_the_data() {
         ],
         "the role comes from the pg_cron job running the same command, else it is unknown"
     );
+    let admin_job: bool = scalar(
+        &mut db,
+        "SELECT job_id = (SELECT jobid FROM cron.job WHERE jobname = 'it_upgrade_admin')
+         FROM orders_sync.schedules WHERE job_name = 'it_upgrade_admin'",
+    );
+    assert!(admin_job, "the id of the job is recorded where its name, command and owner match");
     let repaired: Vec<(String, String)> = db
         .query("SELECT job_name, action FROM orders_sync.repair_schedules()", &[])
         .unwrap()
         .iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
-    assert_eq!(repaired.len(), 1, "{repaired:?}");
+    assert_eq!(repaired.len(), 2, "{repaired:?}");
     assert_eq!(repaired[0].0, "it_upgrade_gone");
     assert!(repaired[0].1.starts_with("not recreated: the role it runs as is unknown"), "{repaired:?}");
+    // The superuser's job runs another command than the registry's: not the registry's job.
+    assert_eq!(repaired[1].0, "it_upgrade_tampered");
+    assert!(repaired[1].1.starts_with("not recreated: the name is taken"), "{repaired:?}");
     let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+    let left: Vec<String> = db
+        .query("SELECT jobname FROM cron.job WHERE jobname LIKE 'it_upgrade%' ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(left, ["it_upgrade_tampered"], "unschedule_all removes only the jobs orders_sync created");
+    db.batch_execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname LIKE 'it_upgrade%'").unwrap();
     db.batch_execute("DROP OWNED BY it_upgrader; DROP ROLE it_upgrader").unwrap();
-    let upgraded = catalog(&mut db);
+    assert_matches_a_fresh_install(&mut db);
+}
 
+/// The catalog of the extension as it is now equals that of a fresh install of this version.
+fn assert_matches_a_fresh_install(db: &mut orders_sync_pg_test::postgres::Client) {
+    let upgraded = catalog(db);
     db.batch_execute("DROP EXTENSION orders_sync CASCADE; CREATE EXTENSION orders_sync CASCADE").unwrap();
-    let fresh = catalog(&mut db);
+    let fresh = catalog(db);
     let only_upgraded: Vec<&String> = upgraded.iter().filter(|line| !fresh.contains(line)).collect();
     let only_fresh: Vec<&String> = fresh.iter().filter(|line| !upgraded.contains(line)).collect();
     assert!(
@@ -262,4 +283,140 @@ fn upgrading_from_0_1_0_matches_a_fresh_install_and_keeps_the_data() {
         "upgrade scripts and the install script disagree\nonly after the upgrade: {only_upgraded:#?}\nonly in a fresh install: {only_fresh:#?}"
     );
     assert!(fresh.len() > 100, "the catalog description must cover the schema ({} lines)", fresh.len());
+}
+
+#[test]
+fn upgrading_from_0_1_1_matches_a_fresh_install_and_owns_only_the_jobs_it_created() {
+    let _guard = exclusive();
+    let mut db = connect();
+    let shipped: i64 = scalar(
+        &mut db,
+        "SELECT count(*) FROM pg_available_extension_versions WHERE name = 'orders_sync' AND version = '0.1.1'",
+    );
+    assert_eq!(
+        shipped, 1,
+        "the 0.1.1 install script must be installed: scripts/test.sh copies pg_test/fixtures/orders_sync--0.1.1.sql"
+    );
+    db.batch_execute(
+        "DROP EXTENSION IF EXISTS orders_sync CASCADE;
+         SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname LIKE 'it_up11%';
+         CREATE EXTENSION orders_sync VERSION '0.1.1' CASCADE;
+         INSERT INTO orders_sync.store_master (store_code, sync_group, start_date) VALUES ('UPGRD11', 'UC', '2026-01-01');
+         DO $$ BEGIN
+             IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'it_upgrader11') THEN
+                 DROP OWNED BY it_upgrader11; DROP ROLE it_upgrader11;
+             END IF;
+             IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'it_foreign11') THEN
+                 DROP OWNED BY it_foreign11; DROP ROLE it_foreign11;
+             END IF;
+         END $$;
+         CREATE ROLE it_upgrader11 LOGIN IN ROLE orders_sync_admin;
+         CREATE ROLE it_foreign11 LOGIN;
+         GRANT USAGE ON SCHEMA cron TO it_upgrader11;",
+    )
+    .unwrap();
+    let version: String = scalar(&mut db, "SELECT extversion FROM pg_extension WHERE extname = 'orders_sync'");
+    assert_eq!(version, "0.1.1");
+    // 0.1.1 registry rows: an admin's job; one whose command the admin rewrote in the registry;
+    // one whose job now belongs to another role; one whose job now runs in another database.
+    let admin_dsn = format!("{} user=it_upgrader11", orders_sync_pg_test::dsn());
+    let mut admin = orders_sync_pg_test::postgres::Client::connect(&admin_dsn, orders_sync_pg_test::postgres::NoTls)
+        .expect("connect as it_upgrader11");
+    admin
+        .batch_execute(
+            "SELECT orders_sync.schedule_profiler(schedule => '0 0 1 1 *', env => 'upgrade', job_name => 'it_up11_admin');
+             SELECT orders_sync.schedule_profiler(schedule => '0 0 1 1 *', env => 'upgrade', job_name => 'it_up11_rewritten');
+             UPDATE orders_sync.schedules SET command = 'SELECT 42' WHERE job_name = 'it_up11_rewritten';",
+        )
+        .unwrap();
+    drop(admin);
+    db.batch_execute(
+        "SELECT orders_sync.schedule_profiler(schedule => '0 0 1 1 *', env => 'upgrade', job_name => 'it_up11_foreign');
+         SELECT cron.alter_job(jobid, username => 'it_foreign11') FROM cron.job WHERE jobname = 'it_up11_foreign';
+         SELECT orders_sync.schedule_profiler(schedule => '0 0 1 1 *', env => 'upgrade', job_name => 'it_up11_otherdb');
+         SELECT cron.alter_job(jobid, database => 'postgres') FROM cron.job WHERE jobname = 'it_up11_otherdb';",
+    )
+    .unwrap();
+
+    db.batch_execute("ALTER EXTENSION orders_sync UPDATE").unwrap();
+    let version: String = scalar(&mut db, "SELECT extversion FROM pg_extension WHERE extname = 'orders_sync'");
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    let kept: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.store_master WHERE store_code = 'UPGRD11'");
+    assert_eq!(kept, 1, "an upgrade keeps the data");
+    let recorded: Vec<(String, bool)> = db
+        .query(
+            "SELECT s.job_name, s.job_id IS NOT DISTINCT FROM
+                    (SELECT j.jobid FROM cron.job j WHERE j.jobname = 'it_up11_admin' AND j.username = 'it_upgrader11')
+             FROM orders_sync.schedules s ORDER BY s.job_name",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let nulls: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.schedules WHERE job_id IS NULL");
+    assert_eq!(
+        recorded,
+        [
+            ("it_up11_admin".to_string(), true),
+            ("it_up11_foreign".to_string(), false),
+            ("it_up11_otherdb".to_string(), false),
+            ("it_up11_rewritten".to_string(), false),
+        ]
+    );
+    assert_eq!(nulls, 3, "only a job with the same name, command, owner and database is taken as ours");
+
+    // pg_cron's scheduler comes up a second or two after the server (it retries until the
+    // database exists); until then every job is rightly scheduler_down.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while scalar::<Option<String>>(&mut db, "SELECT orders_sync.cron_scheduler_problem()").is_some() {
+        assert!(std::time::Instant::now() < deadline, "pg_cron's scheduler did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let states: Vec<(String, String)> = db
+        .query("SELECT job_name, state FROM orders_sync.scheduler_health ORDER BY job_name", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("it_up11_admin".to_string(), "ok".to_string()),
+            ("it_up11_foreign".to_string(), "name_taken".to_string()),
+            ("it_up11_otherdb".to_string(), "name_taken".to_string()),
+            ("it_up11_rewritten".to_string(), "name_taken".to_string()),
+        ]
+    );
+    let jobs_before: Vec<(i64, String, String, String, bool)> = cron_jobs(&mut db);
+    let repaired: Vec<(String, String)> = db
+        .query("SELECT job_name, action FROM orders_sync.repair_schedules()", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(repaired.len(), 3, "{repaired:?}");
+    assert!(repaired.iter().all(|(_, action)| action.starts_with("not recreated: the name is taken")), "{repaired:?}");
+    assert_eq!(cron_jobs(&mut db), jobs_before, "repair touched no job it did not create");
+    let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+    let left: Vec<String> = cron_jobs(&mut db).into_iter().map(|job| job.1).collect();
+    assert_eq!(left, ["it_up11_foreign", "it_up11_otherdb", "it_up11_rewritten"]);
+    db.batch_execute(
+        "SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname LIKE 'it_up11%';
+         DROP OWNED BY it_upgrader11; DROP ROLE it_upgrader11; DROP OWNED BY it_foreign11; DROP ROLE it_foreign11;",
+    )
+    .unwrap();
+    assert_matches_a_fresh_install(&mut db);
+}
+
+/// (id, name, owner, database, active) of the test's pg_cron jobs.
+fn cron_jobs(db: &mut orders_sync_pg_test::postgres::Client) -> Vec<(i64, String, String, String, bool)> {
+    db.query(
+        "SELECT jobid, jobname, username, database, active FROM cron.job WHERE jobname LIKE 'it_up11%' ORDER BY jobname",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
+    .collect()
 }

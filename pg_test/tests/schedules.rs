@@ -6,6 +6,7 @@
 
 use orders_sync_pg_test::postgres::Client;
 use orders_sync_pg_test::{connect, ensure_extension, error_of, exclusive, scalar};
+use std::time::{Duration, Instant};
 
 const YEARLY: &str = "0 0 1 1 *";
 
@@ -13,6 +14,13 @@ fn setup() -> Client {
     let mut db = connect();
     ensure_extension(&mut db);
     let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+    // pg_cron's scheduler comes up a second or two after the server (it retries until the
+    // database exists); until then every job is rightly scheduler_down.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scalar::<Option<String>>(&mut db, "SELECT orders_sync.cron_scheduler_problem()").is_some() {
+        assert!(Instant::now() < deadline, "pg_cron's scheduler did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     db
 }
 
@@ -283,6 +291,11 @@ fn unschedule_all_removes_every_registered_job_and_only_those() {
     db.execute("SELECT cron.unschedule($1::bigint)", &[&foreign]).unwrap();
 }
 
+fn monitor_again() -> Client {
+    let dsn = format!("{} user=it_sched_dashboard", orders_sync_pg_test::dsn());
+    Client::connect(&dsn, orders_sync_pg_test::postgres::NoTls).expect("connect as monitor")
+}
+
 #[test]
 fn monitor_reads_health_but_cannot_schedule_or_see_other_commands() {
     let _guard = exclusive();
@@ -323,6 +336,29 @@ fn monitor_reads_health_but_cannot_schedule_or_see_other_commands() {
          FROM pg_proc WHERE oid = 'orders_sync.scheduled_job_runs()'::regprocedure",
     );
     assert!(definer_pins_path);
+    // Every definer-rights function: the same pinned path, and closed to PUBLIC.
+    let definers: Vec<(String, bool, bool)> = db
+        .query(
+            "SELECT p.oid::regprocedure::text,
+                    coalesce(p.proconfig @> ARRAY['search_path=orders_sync, pg_catalog, pg_temp'], false),
+                    has_function_privilege('public', p.oid, 'EXECUTE')
+             FROM pg_proc p WHERE p.pronamespace = 'orders_sync'::regnamespace AND p.prosecdef ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(
+        definers,
+        [
+            ("orders_sync.cron_scheduler_problem()".to_string(), true, false),
+            ("orders_sync.scheduled_job_runs()".to_string(), true, false),
+        ]
+    );
+    // The monitor reads the scheduler check, and learns nothing but its text.
+    let problem: Option<String> = scalar(&mut monitor_again(), "SELECT orders_sync.cron_scheduler_problem()");
+    assert_eq!(problem, None);
     db.batch_execute("DROP ROLE it_sched_dashboard").unwrap();
     let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
 }
@@ -420,4 +456,351 @@ fn repair_recreates_a_job_as_the_role_that_registered_it_never_as_the_caller() {
         "DROP OWNED BY it_scheduler; DROP ROLE it_scheduler; DROP OWNED BY it_other_admin; DROP ROLE it_other_admin;",
     )
     .unwrap();
+}
+
+// ---- Jobs are owned by id and owner, never matched by name (issue 14, item 3) ----
+
+fn reset_role(db: &mut Client, role: &str) {
+    db.batch_execute(&format!(
+        "DO $$ BEGIN
+             IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                 PERFORM cron.unschedule(jobid) FROM cron.job WHERE username = '{role}';
+                 DROP OWNED BY {role}; DROP ROLE {role};
+             END IF;
+         END $$;"
+    ))
+    .unwrap();
+}
+
+/// (jobid, active) of `role`'s job named `name`.
+fn job_of(db: &mut Client, name: &str, role: &str) -> Option<(i64, bool)> {
+    db.query_opt("SELECT jobid, active FROM cron.job WHERE jobname = $1 AND username = $2", &[&name, &role])
+        .unwrap()
+        .map(|row| (row.get(0), row.get(1)))
+}
+
+#[test]
+fn another_roles_job_of_a_registered_name_is_not_resumed_deleted_or_shown() {
+    let _guard = exclusive();
+    let mut db = setup();
+    reset_role(&mut db, "it_foreign");
+    db.batch_execute("CREATE ROLE it_foreign LOGIN").unwrap();
+    // Another role's paused job, with a failed run; an admin writes its name into the registry.
+    let foreign: i64 = scalar(
+        &mut db,
+        "SELECT cron.schedule_in_database('it_theirs', '0 0 1 1 *', 'SELECT 1', current_database(), 'it_foreign')",
+    );
+    db.execute("SELECT cron.alter_job($1, active => false)", &[&foreign]).unwrap();
+    add_run(&mut db, foreign, "failed", "1 hour", "ERROR:  their secret failure");
+    db.batch_execute(
+        "INSERT INTO orders_sync.schedules (job_name, schedule, command, kind)
+         VALUES ('it_theirs', '0 0 1 1 *', 'SELECT 1', 'maintenance')",
+    )
+    .unwrap();
+
+    // Not shown: only that the name is taken, nothing of the job's state.
+    let row = db
+        .query_one(
+            "SELECT state, detail, last_run_at IS NULL AND last_status IS NULL
+             FROM orders_sync.scheduler_health WHERE job_name = 'it_theirs'",
+            &[],
+        )
+        .unwrap();
+    let (state, detail, nothing_shown): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(state, "name_taken", "{detail}");
+    assert!(nothing_shown);
+    assert!(!detail.contains("secret") && !detail.contains(&foreign.to_string()), "{detail}");
+    assert!(detail.contains("did not create"), "{detail}");
+
+    // Not resumed, not recreated over: reported and skipped.
+    let repaired = repair(&mut db);
+    assert_eq!(repaired.len(), 1, "{repaired:?}");
+    assert!(repaired[0].1.starts_with("not recreated: the name is taken"), "{repaired:?}");
+    assert_eq!(job_of(&mut db, "it_theirs", "it_foreign"), Some((foreign, false)), "still paused");
+    assert_eq!(job_of(&mut db, "it_theirs", "postgres"), None, "no second job of that name");
+
+    // Not deleted: the registry row goes, their job stays.
+    let removed: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+    assert_eq!(removed, 1);
+    assert_eq!(job_of(&mut db, "it_theirs", "it_foreign"), Some((foreign, false)));
+    db.execute("DELETE FROM cron.job_run_details WHERE jobid = $1", &[&foreign]).unwrap();
+    reset_role(&mut db, "it_foreign");
+}
+
+#[test]
+fn a_same_named_job_created_later_by_another_role_does_not_replace_ours() {
+    let _guard = exclusive();
+    let mut db = setup();
+    reset_role(&mut db, "it_foreign");
+    db.batch_execute("CREATE ROLE it_foreign LOGIN").unwrap();
+    let ours = schedule(&mut db, "it_shared", YEARLY);
+    let recorded: i64 = scalar(&mut db, "SELECT job_id FROM orders_sync.schedules WHERE job_name = 'it_shared'");
+    assert_eq!(recorded, ours, "the id of the job orders_sync created is recorded");
+    // Their job has a higher id: matching by name took it for ours.
+    let theirs: i64 = scalar(
+        &mut db,
+        "SELECT cron.schedule_in_database('it_shared', '0 0 1 1 *', 'SELECT 1', current_database(), 'it_foreign')",
+    );
+    assert!(theirs > ours);
+    db.execute("SELECT cron.alter_job($1, active => false)", &[&theirs]).unwrap();
+    add_run(&mut db, theirs, "failed", "1 hour", "ERROR:  their failure");
+
+    let (state, detail) = health(&mut db, "it_shared");
+    assert_eq!(state, "ok", "{detail}");
+    assert!(repair(&mut db).is_empty(), "nothing of ours to repair");
+    assert_eq!(job_of(&mut db, "it_shared", "it_foreign"), Some((theirs, false)), "theirs stays paused");
+
+    // Ours paused: repair resumes ours, by its id, and only ours.
+    db.execute("SELECT cron.alter_job($1, active => false)", &[&ours]).unwrap();
+    assert_eq!(health(&mut db, "it_shared").0, "paused");
+    assert_eq!(repair(&mut db), [("it_shared".to_string(), "resumed".to_string())]);
+    assert_eq!(job_of(&mut db, "it_shared", "postgres"), Some((ours, true)));
+    assert_eq!(job_of(&mut db, "it_shared", "it_foreign"), Some((theirs, false)));
+
+    // unschedule_all removes ours and leaves theirs.
+    let removed: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+    assert_eq!(removed, 1);
+    assert_eq!(job_of(&mut db, "it_shared", "postgres"), None);
+    assert_eq!(job_of(&mut db, "it_shared", "it_foreign"), Some((theirs, false)));
+    db.execute("DELETE FROM cron.job_run_details WHERE jobid = $1", &[&theirs]).unwrap();
+    reset_role(&mut db, "it_foreign");
+}
+
+#[test]
+fn repair_records_the_id_of_the_job_it_recreates() {
+    let _guard = exclusive();
+    let mut db = setup();
+    let first = schedule(&mut db, "it_recorded", YEARLY);
+    db.execute("SELECT cron.unschedule($1::bigint)", &[&first]).unwrap();
+    assert_eq!(repair(&mut db), [("it_recorded".to_string(), "recreated".to_string())]);
+    let (second, _) = job_of(&mut db, "it_recorded", "postgres").expect("recreated");
+    let recorded: i64 = scalar(&mut db, "SELECT job_id FROM orders_sync.schedules WHERE job_name = 'it_recorded'");
+    assert_eq!(recorded, second);
+    assert_ne!(second, first);
+    assert_eq!(health(&mut db, "it_recorded").0, "ok");
+}
+
+// ---- pg_cron's scheduler itself (issue 19) ----
+
+/// A session that keeps the WARNINGs and NOTICEs it receives.
+fn connect_collecting() -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = notices.clone();
+    let mut config: orders_sync_pg_test::postgres::Config = orders_sync_pg_test::dsn().parse().unwrap();
+    config.notice_callback(move |notice| {
+        sink.lock().unwrap().push(format!("{}: {}", notice.severity(), notice.message()))
+    });
+    (config.connect(orders_sync_pg_test::postgres::NoTls).expect("connect"), notices)
+}
+
+fn cron_launchers(db: &mut Client) -> i64 {
+    scalar(db, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_cron launcher'")
+}
+
+fn test_dir() -> String {
+    std::env::var("ORDERS_SYNC_TEST_DIR").unwrap_or_else(|_| {
+        panic!("ORDERS_SYNC_TEST_DIR is not set: run the integration tests through scripts/test.sh")
+    })
+}
+
+/// `pg_ctl restart -m fast`, then a new session once the server answers.
+fn restart_cluster() -> Client {
+    let dir = test_dir();
+    let status = std::process::Command::new("sudo")
+        .args(["-u", "postgres", "/usr/lib/postgresql/15/bin/pg_ctl", "-D"])
+        .arg(format!("{dir}/data"))
+        .args(["-m", "fast", "-w", "-t", "120", "-l"])
+        .arg(format!("{dir}/server.log"))
+        .arg("restart")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("pg_ctl");
+    assert!(status.success(), "pg_ctl restart failed");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match Client::connect(&orders_sync_pg_test::dsn(), orders_sync_pg_test::postgres::NoTls) {
+            Ok(client) => return client,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(error) => panic!("server did not come back: {error}"),
+        }
+    }
+}
+
+fn wait_for(db: &mut Client, query: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if scalar::<bool>(db, query) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Puts the cluster back as the next test expects it: the cluster-level settings as
+/// scripts/pg_cluster.sh wrote them, and pg_cron's scheduler running (a restart if need be).
+fn restore_scheduler(settings_changed: bool) -> Result<(), String> {
+    let mut db = Client::connect(&orders_sync_pg_test::dsn(), orders_sync_pg_test::postgres::NoTls)
+        .map_err(|error| error.to_string())?;
+    if settings_changed {
+        // One statement per call: ALTER SYSTEM cannot run in a (multi-statement) transaction.
+        for statement in ["ALTER SYSTEM RESET cron.database_name", "ALTER SYSTEM RESET shared_preload_libraries"] {
+            db.batch_execute(statement).map_err(|error| format!("{statement}: {error}"))?;
+        }
+        db = restart_cluster();
+    }
+    let scheduler_runs = "SELECT orders_sync.cron_scheduler_problem() IS NULL";
+    if !wait_for(&mut db, scheduler_runs, Duration::from_secs(5)) {
+        db = restart_cluster();
+        if !wait_for(&mut db, scheduler_runs, Duration::from_secs(30)) {
+            return Err("pg_cron's scheduler did not come back after a restart".to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Restores the cluster when a test that breaks it fails half-way; a passing test restores
+/// it itself and checks that it did.
+struct RestoreOnFailure {
+    settings_changed: bool,
+}
+
+impl Drop for RestoreOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Err(error) = restore_scheduler(self.settings_changed) {
+                eprintln!("could not restore the cluster after a failed test: {error}");
+            }
+        }
+    }
+}
+
+#[test]
+fn terminated_pg_cron_scheduler_is_reported_within_a_second_and_started_again_without_a_restart() {
+    let _guard = exclusive();
+    let mut db = setup();
+    let _restore = RestoreOnFailure { settings_changed: false };
+    assert!(
+        wait_for(&mut db, "SELECT orders_sync.cron_scheduler_problem() IS NULL", Duration::from_secs(30)),
+        "pg_cron's scheduler runs at the start"
+    );
+    schedule(&mut db, "it_watch_a", YEARLY);
+    schedule(&mut db, "it_watch_b", YEARLY);
+    assert_eq!(health(&mut db, "it_watch_a").0, "ok");
+
+    // A DBA clears the database's sessions, pg_cron's scheduler among them.
+    let terminated: bool = scalar(
+        &mut db,
+        "SELECT bool_and(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE backend_type = 'pg_cron launcher'",
+    );
+    assert!(terminated);
+    let since = Instant::now();
+    assert!(
+        wait_for(
+            &mut db,
+            "SELECT count(*) = 2 AND bool_and(state = 'scheduler_down') FROM orders_sync.scheduler_health",
+            Duration::from_secs(1)
+        ),
+        "every job is scheduler_down within a second"
+    );
+    eprintln!("scheduler_down reported {} ms after pg_terminate_backend", since.elapsed().as_millis());
+    let (_, detail) = health(&mut db, "it_watch_a");
+    assert!(detail.starts_with("pg_cron's scheduler is not running"), "{detail}");
+    assert!(detail.contains("start_cron_scheduler()") && detail.contains("restart the server"), "{detail}");
+    assert!(detail.ends_with("(the job itself: ok)"), "{detail}");
+
+    // It does not come back by itself (pg_cron 1.4 exits cleanly on SIGTERM) ...
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(cron_launchers(&mut db), 0, "pg_cron 1.4's scheduler stays gone after pg_terminate_backend");
+
+    // ... and whoever schedules or runs the profiler is told.
+    let (mut watcher, notices) = connect_collecting();
+    schedule(&mut watcher, "it_watch_b", YEARLY);
+    let _: String = scalar(
+        &mut watcher,
+        "SELECT orders_sync.run_profiler('it-sched-down', sync_group => 'TD', as_of => '2001-01-01')",
+    );
+    let seen = notices.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|n| n
+                .starts_with("WARNING: orders_sync: pg_cron job it_watch_b is scheduled, but pg_cron cannot run it")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().any(|n| n.starts_with("WARNING: pg_cron cannot run the 2 scheduled orders_sync job(s)")),
+        "{seen:#?}"
+    );
+    drop(watcher);
+
+    // Only superusers may start it.
+    db.batch_execute(
+        "DROP ROLE IF EXISTS it_sched_starter; CREATE ROLE it_sched_starter LOGIN IN ROLE orders_sync_admin",
+    )
+    .unwrap();
+    let dsn = format!("{} user=it_sched_starter", orders_sync_pg_test::dsn());
+    let mut admin = Client::connect(&dsn, orders_sync_pg_test::postgres::NoTls).expect("connect as admin");
+    let message = error_of(&mut admin, "SELECT orders_sync.start_cron_scheduler()");
+    assert_eq!(message, "permission denied for function start_cron_scheduler");
+    drop(admin);
+    db.batch_execute("DROP ROLE it_sched_starter").unwrap();
+
+    // A superuser brings it back without a restart: one scheduler, and it runs jobs.
+    let pid: i32 = scalar(&mut db, "SELECT orders_sync.start_cron_scheduler()");
+    assert!(pid > 0);
+    assert_eq!(cron_launchers(&mut db), 1);
+    assert_eq!(health(&mut db, "it_watch_a").0, "ok");
+    let again: i32 = scalar(&mut db, "SELECT orders_sync.start_cron_scheduler()");
+    assert_eq!(again, pid, "a second call finds the running scheduler and starts none");
+    assert_eq!(cron_launchers(&mut db), 1);
+
+    let probe: i64 = scalar(&mut db, "SELECT cron.schedule('it_revived_probe', '* * * * *', 'SELECT 1')");
+    let ran = wait_for(
+        &mut db,
+        &format!("SELECT EXISTS (SELECT FROM cron.job_run_details WHERE jobid = {probe} AND status = 'succeeded')"),
+        Duration::from_secs(75),
+    );
+    std::thread::sleep(Duration::from_secs(2)); // a second scheduler's run would start as well
+    db.execute("SELECT cron.unschedule($1::bigint)", &[&probe]).unwrap();
+    let runs: i64 = scalar(&mut db, &format!("SELECT count(*) FROM cron.job_run_details WHERE jobid = {probe}"));
+    db.execute("DELETE FROM cron.job_run_details WHERE jobid = $1", &[&probe]).unwrap();
+    assert!(ran, "the restarted scheduler runs jobs");
+    assert_eq!(runs, 1, "one scheduler: the job ran once, not twice");
+    assert_eq!(cron_launchers(&mut db), 1);
+    let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+    restore_scheduler(false).unwrap();
+}
+
+#[test]
+fn cron_database_name_elsewhere_or_pg_cron_not_preloaded_is_scheduler_down() {
+    let _guard = exclusive();
+    let mut db = setup();
+    schedule(&mut db, "it_elsewhere", YEARLY);
+    let _restore = RestoreOnFailure { settings_changed: true };
+
+    // cron.database_name is read at server start only (postmaster context): restart.
+    let context: String = scalar(&mut db, "SELECT context FROM pg_settings WHERE name = 'cron.database_name'");
+    assert_eq!(context, "postmaster");
+    db.batch_execute("ALTER SYSTEM SET cron.database_name = 'postgres'").unwrap();
+    let mut db = restart_cluster();
+    let (state, detail) = health(&mut db, "it_elsewhere");
+    assert_eq!(state, "scheduler_down", "{detail}");
+    assert!(detail.starts_with("cron.database_name is 'postgres', not this database"), "{detail}");
+    assert!(detail.contains("restart the server"), "{detail}");
+    let message = error_of(&mut db, "SELECT orders_sync.start_cron_scheduler()");
+    assert!(message.starts_with("pg_cron's scheduler cannot be started from here: cron.database_name"), "{message}");
+
+    db.batch_execute("ALTER SYSTEM RESET cron.database_name").unwrap();
+    db.batch_execute("ALTER SYSTEM SET shared_preload_libraries = 'orders_sync'").unwrap();
+    let mut db = restart_cluster();
+    let (state, detail) = health(&mut db, "it_elsewhere");
+    assert_eq!(state, "scheduler_down", "{detail}");
+    assert!(detail.starts_with("pg_cron is not in shared_preload_libraries"), "{detail}");
+    drop(db);
+    restore_scheduler(true).unwrap();
+    let mut db = connect();
+    assert_eq!(health(&mut db, "it_elsewhere").0, "ok", "back to normal once the settings are restored");
+    let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
 }
