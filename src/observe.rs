@@ -46,6 +46,22 @@ fn reset(older_than: Option<pgrx::datum::Interval>) -> SqlResult<Vec<ResetRow>> 
     Ok(reset_gone(older_than)?)
 }
 
+/// Adds the rows a reset statement returned (run_id, store_code, from_date, to_date, detail)
+/// as `kind`.
+fn push_reset_rows(rows: &mut Vec<ResetRow>, kind: &str, table: pgrx::spi::SpiTupleTable<'_>) -> SpiResult<()> {
+    for row in table {
+        rows.push((
+            kind.to_string(),
+            row.get::<String>(1)?.unwrap_or_default(),
+            row.get::<String>(2)?,
+            row.get::<pgrx::datum::Date>(3)?,
+            row.get::<pgrx::datum::Date>(4)?,
+            row.get::<String>(5)?.unwrap_or_default(),
+        ));
+    }
+    Ok(())
+}
+
 fn reset_gone(older_than: pgrx::datum::Interval) -> SpiResult<Vec<ResetRow>> {
     let mut rows = Vec::new();
     Spi::connect_mut(|client| {
@@ -76,16 +92,7 @@ fn reset_gone(older_than: pgrx::datum::Interval) -> SpiResult<Vec<ResetRow>> {
             None,
             &[older_than.into(), STUCK_MESSAGE.into()],
         )?;
-        for row in reset_logs {
-            rows.push((
-                "window".to_string(),
-                row.get::<String>(1)?.unwrap_or_default(),
-                row.get::<String>(2)?,
-                row.get::<pgrx::datum::Date>(3)?,
-                row.get::<pgrx::datum::Date>(4)?,
-                row.get::<String>(5)?.unwrap_or_default(),
-            ));
-        }
+        push_reset_rows(&mut rows, "window", reset_logs)?;
         // Jobs marked running that never got as far as a log row, with their worker gone.
         let reset_jobs = client.update(
             r#"
@@ -100,16 +107,7 @@ fn reset_gone(older_than: pgrx::datum::Interval) -> SpiResult<Vec<ResetRow>> {
             None,
             &[older_than.into(), STUCK_MESSAGE.into()],
         )?;
-        for row in reset_jobs {
-            rows.push((
-                "job".to_string(),
-                row.get::<String>(1)?.unwrap_or_default(),
-                row.get::<String>(2)?,
-                row.get::<pgrx::datum::Date>(3)?,
-                row.get::<pgrx::datum::Date>(4)?,
-                row.get::<String>(5)?.unwrap_or_default(),
-            ));
-        }
+        push_reset_rows(&mut rows, "job", reset_jobs)?;
         // Runs left running with nothing queued or running and no running log row.
         let idle_runs = client.update(
             r#"

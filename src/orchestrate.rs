@@ -72,6 +72,11 @@ impl WorkerRequest for ProfilerRequest {
 }
 
 impl ProfilerRequest {
+    /// The run's row, `running`, in the caller's transaction.
+    fn create_run(&self) -> pgrx::spi::SpiResult<()> {
+        queue::create_run(&self.run_id, PIPELINE_NAME, &self.env, Utc::now().date_naive(), &self.parameters_json())
+    }
+
     /// The run's `parameters` jsonb; `sync_group` and `store_code` identify its selection.
     pub fn parameters_json(&self) -> String {
         serde_json::json!({
@@ -249,13 +254,7 @@ fn plan_run(request: &ProfilerRequest) -> SqlResult<Planned> {
         .map_err(|error| SqlError::internal(format!("orders_sync planner: invalid request: {}", error.message)))?;
     let rows = Spi::connect(|client| plan_selection(client, &params, Utc::now()))
         .map_err(|error| SqlError::internal(format!("orders_sync planner: {}", error.message)))?;
-    queue::create_run(
-        &request.run_id,
-        PIPELINE_NAME,
-        &request.env,
-        Utc::now().date_naive(),
-        &request.parameters_json(),
-    )?;
+    request.create_run()?;
     let streams_of = pipeline_streams()?;
     let mut jobs = 0;
     for row in rows.into_iter().filter(|row| row.window.will_run) {
@@ -272,21 +271,8 @@ fn plan_run(request: &ProfilerRequest) -> SqlResult<Planned> {
             // The window is already queued or running elsewhere (another selection's run, a
             // manual sync_window): record it here as skipped rather than lose it silently.
             let other = queue::active_run_of(&window)?.unwrap_or_default();
-            Spi::run_with_args(
-                "INSERT INTO orders_sync.sync_jobs
-                     (run_id, pipeline_id, store_code, from_date, to_date, streams, reason, status, error_message, finished_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'skipped', $8, now())",
-                &[
-                    request.run_id.as_str().into(),
-                    window.pipeline_id.into(),
-                    window.store_code.as_str().into(),
-                    clock::to_pg(window.from).into(),
-                    clock::to_pg(window.to).into(),
-                    streams.into(),
-                    reason.into(),
-                    format!("skipped: window already queued or running in run {other}").into(),
-                ],
-            )?;
+            let message = format!("skipped: window already queued or running in run {other}");
+            queue::record_skipped(&request.run_id, &window, &streams, reason, &message)?;
         }
         jobs += 1;
     }
@@ -326,13 +312,7 @@ pub extern "C-unwind" fn orders_sync_planner_worker(argument: pg_sys::Datum) {
             // marked as a planning failure in its counts.
             let summary = format!("planning failed: {message}");
             let recorded = in_transaction(|| {
-                queue::create_run(
-                    &request.run_id,
-                    PIPELINE_NAME,
-                    &request.env,
-                    Utc::now().date_naive(),
-                    &request.parameters_json(),
-                )?;
+                request.create_run()?;
                 Spi::run_with_args(
                     "UPDATE orders_sync.pipeline_run_summaries
                      SET overall_status = 'failed', finished_at = now(), summary_text = $2,

@@ -75,6 +75,17 @@ pub fn enqueue(run_id: &str, window: &Window, streams: &[String], reason: &str) 
     )
 }
 
+/// Records a window of a run as `skipped` without queueing it (it is queued or running in
+/// another run), so the run's counts say so rather than lose it silently.
+pub fn record_skipped(run_id: &str, window: &Window, streams: &[String], reason: &str, message: &str) -> SpiResult<()> {
+    Spi::run_with_args(
+        "INSERT INTO orders_sync.sync_jobs
+             (pipeline_id, store_code, from_date, to_date, run_id, streams, reason, status, error_message, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'skipped', $8, now())",
+        &window.key_then([run_id.into(), streams.to_vec().into(), reason.into(), message.into()]),
+    )
+}
+
 /// The first column of the first row of a data-changing statement, `None` when it returns
 /// no row (a fresh snapshot per call, unlike a read-only `select`).
 pub fn first_i64(statement: &str, args: &[pgrx::datum::DatumWithOid]) -> SpiResult<Option<i64>> {

@@ -21,6 +21,24 @@ pub struct Window {
     pub to: NaiveDate,
 }
 
+impl Window {
+    /// SPI arguments: the window's key (pipeline_id, store_code, from, to as `date` values)
+    /// as $1..$4, then `rest`.
+    pub fn key_then<'a>(
+        &'a self,
+        rest: impl IntoIterator<Item = pgrx::datum::DatumWithOid<'a>>,
+    ) -> Vec<pgrx::datum::DatumWithOid<'a>> {
+        let mut args = vec![
+            self.pipeline_id.into(),
+            self.store_code.as_str().into(),
+            clock::to_pg(self.from).into(),
+            clock::to_pg(self.to).into(),
+        ];
+        args.extend(rest);
+        args
+    }
+}
+
 /// How a page's record relates to what the records table already holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
@@ -86,18 +104,14 @@ pub fn write_page(
             WHERE id = $10
             "#,
             None,
-            &[
-                window.pipeline_id.into(),
-                window.store_code.as_str().into(),
-                clock::to_pg(window.from).into(),
-                clock::to_pg(window.to).into(),
+            &window.key_then([
                 stream.into(),
                 page_no.into(),
                 next_page_token.into(),
                 (records.len() as i32).into(),
                 ids.clone().into(),
                 job_id.into(),
-            ],
+            ]),
         )?;
         if records.is_empty() {
             return Ok(0);

@@ -90,6 +90,19 @@ fn pipeline_for(db: &mut Client, base_url: &str, store: &str) {
     .unwrap();
 }
 
+/// The test's lock, a session and the UC pipeline pointed at `base_url` with `store` registered.
+fn hostile_setup(base_url: &str, store: &str) -> (std::sync::MutexGuard<'static, ()>, Client) {
+    let guard = exclusive();
+    let mut db = connect();
+    pipeline_for(&mut db, base_url, store);
+    (guard, db)
+}
+
+/// `sync_window` of one day of `store`; returns its status.
+fn sync_one_day(db: &mut Client, store: &str) -> String {
+    scalar(db, &format!("SELECT orders_sync.sync_window('uc_orders_sync', '{store}', '2026-01-01', '2026-01-01')"))
+}
+
 /// The window's last job: (status, error_message, records stored). The source puts one
 /// record on each page, so the records count the pages committed.
 fn window_outcome(db: &mut Client, store: &str) -> (String, String, i64) {
@@ -116,11 +129,8 @@ fn assert_store_free(db: &mut Client, store: &str) {
 
 #[test]
 fn pagination_that_cycles_fails_the_window_and_keeps_its_pages() {
-    let _guard = exclusive();
-    let mut db = connect();
-    pipeline_for(&mut db, &misbehaving_source(Paging::Cycle), "HCYCLE");
-    let status: String =
-        scalar(&mut db, "SELECT orders_sync.sync_window('uc_orders_sync', 'HCYCLE', '2026-01-01', '2026-01-01')");
+    let (_guard, mut db) = hostile_setup(&misbehaving_source(Paging::Cycle), "HCYCLE");
+    let status = sync_one_day(&mut db, "HCYCLE");
     assert_eq!(status, "failed");
     let (job_status, message, pages) = window_outcome(&mut db, "HCYCLE");
     assert_eq!(job_status, "failed");
@@ -132,13 +142,10 @@ fn pagination_that_cycles_fails_the_window_and_keeps_its_pages() {
 
 #[test]
 fn pagination_that_never_ends_stops_at_the_pipelines_page_limit() {
-    let _guard = exclusive();
-    let mut db = connect();
-    pipeline_for(&mut db, &misbehaving_source(Paging::Endless), "HENDLESS");
+    let (_guard, mut db) = hostile_setup(&misbehaving_source(Paging::Endless), "HENDLESS");
     db.batch_execute("UPDATE orders_sync.pipelines SET max_pages_per_window = 5 WHERE code = 'uc_orders_sync'")
         .unwrap();
-    let status: String =
-        scalar(&mut db, "SELECT orders_sync.sync_window('uc_orders_sync', 'HENDLESS', '2026-01-01', '2026-01-01')");
+    let status = sync_one_day(&mut db, "HENDLESS");
     assert_eq!(status, "failed");
     let (_, message, pages) = window_outcome(&mut db, "HENDLESS");
     assert!(message.contains("the limit of 5 pages per window was reached"), "{message}");
@@ -151,12 +158,9 @@ fn pagination_that_never_ends_stops_at_the_pipelines_page_limit() {
 
 #[test]
 fn pagination_that_never_ends_slowly_stops_at_the_time_limit() {
-    let _guard = exclusive();
-    let mut db = connect();
-    pipeline_for(&mut db, &misbehaving_source(Paging::SlowEndless), "HSLOW");
+    let (_guard, mut db) = hostile_setup(&misbehaving_source(Paging::SlowEndless), "HSLOW");
     db.batch_execute("UPDATE orders_sync.pipelines SET max_window_seconds = 1 WHERE code = 'uc_orders_sync'").unwrap();
-    let status: String =
-        scalar(&mut db, "SELECT orders_sync.sync_window('uc_orders_sync', 'HSLOW', '2026-01-01', '2026-01-01')");
+    let status = sync_one_day(&mut db, "HSLOW");
     assert_eq!(status, "failed");
     let (_, message, pages) = window_outcome(&mut db, "HSLOW");
     assert!(message.contains("the limit of 1 s of paging per window was reached"), "{message}");
@@ -179,13 +183,10 @@ fn set_allowed_hosts(db: &mut Client, hosts: Option<&str>) {
 
 #[test]
 fn a_source_off_the_host_allow_list_fails_the_window_without_a_request() {
-    let _guard = exclusive();
-    let mut db = connect();
     let sim = Simulator::start(&[]);
-    pipeline_for(&mut db, &sim.base_url, "HALLOW");
+    let (_guard, mut db) = hostile_setup(&sim.base_url, "HALLOW");
     set_allowed_hosts(&mut db, Some("api.example.com"));
-    let status: String =
-        scalar(&mut db, "SELECT orders_sync.sync_window('uc_orders_sync', 'HALLOW', '2026-01-01', '2026-01-01')");
+    let status = sync_one_day(&mut db, "HALLOW");
     set_allowed_hosts(&mut db, None);
     assert_eq!(status, "failed");
     let (_, message, pages) = window_outcome(&mut db, "HALLOW");
@@ -194,17 +195,14 @@ fn a_source_off_the_host_allow_list_fails_the_window_without_a_request() {
     let requests = sim.get("/_control/requests");
     assert_eq!(requests["total"].as_i64(), Some(0), "no request reached the source: {requests}");
     // Allowed again, the same window syncs.
-    let status: String =
-        scalar(&mut db, "SELECT orders_sync.sync_window('uc_orders_sync', 'HALLOW', '2026-01-01', '2026-01-01')");
+    let status = sync_one_day(&mut db, "HALLOW");
     assert_eq!(status, "success");
 }
 
 #[test]
 fn a_source_echoing_the_credential_never_gets_it_into_a_message_a_log_or_a_view() {
-    let _guard = exclusive();
-    let mut db = connect();
     let sim = Simulator::start(&[]);
-    pipeline_for(&mut db, &sim.base_url, "HECHO");
+    let (_guard, mut db) = hostile_setup(&sim.base_url, "HECHO");
     let tokens = [
         "sk_live_51HdE7nKq8ZxLmNpRsTuVwXyZ0123456789abcdefghijkl".to_string(),
         "short-8c".to_string(),
@@ -266,14 +264,8 @@ fn argument_error(db: &mut Client, statement: &str) -> (String, String, Option<S
 
 #[test]
 fn edge_case_arguments_are_argument_errors_that_leave_nothing_behind() {
-    let _guard = exclusive();
-    let mut db = connect();
-    ensure_extension(&mut db);
-    db.batch_execute(
-        "INSERT INTO orders_sync.store_master (store_code, cost_center, sync_group, start_date)
-         VALUES ('HARG1', 'CC01', 'UC', '2026-01-01') ON CONFLICT (store_code) DO NOTHING",
-    )
-    .unwrap();
+    // No request is ever sent: every call is refused before a worker starts.
+    let (_guard, mut db) = hostile_setup("http://127.0.0.1:9", "HARG1");
     let rows_before: i64 = scalar(
         &mut db,
         "SELECT (SELECT count(*) FROM orders_sync.pipeline_run_summaries) + (SELECT count(*) FROM orders_sync.sync_jobs)

@@ -173,14 +173,7 @@ fn catalog(db: &mut orders_sync_pg_test::postgres::Client) -> Vec<String> {
 fn upgrading_from_0_1_0_matches_a_fresh_install_and_keeps_the_data() {
     let _guard = exclusive();
     let mut db = connect();
-    let shipped: i64 = scalar(
-        &mut db,
-        "SELECT count(*) FROM pg_available_extension_versions WHERE name = 'orders_sync' AND version = '0.1.0'",
-    );
-    assert_eq!(
-        shipped, 1,
-        "the 0.1.0 install script must be installed: scripts/test.sh copies pg_test/fixtures/orders_sync--0.1.0.sql"
-    );
+    assert_released_script_installed(&mut db, "0.1.0");
 
     db.batch_execute(
         "DROP EXTENSION IF EXISTS orders_sync CASCADE;
@@ -216,9 +209,7 @@ fn upgrading_from_0_1_0_matches_a_fresh_install_and_keeps_the_data() {
         .batch_execute("UPDATE orders_sync.schedules SET command = 'SELECT 42' WHERE job_name = 'it_upgrade_tampered'")
         .unwrap();
     drop(admin);
-    db.batch_execute("ALTER EXTENSION orders_sync UPDATE").unwrap();
-    let version: String = scalar(&mut db, "SELECT extversion FROM pg_extension WHERE extname = 'orders_sync'");
-    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    update_to_this_version(&mut db);
     let kept: i64 = scalar(
         &mut db,
         "SELECT count(*) FROM orders_sync.records r JOIN orders_sync.store_master s USING (store_code)
@@ -246,12 +237,7 @@ fn upgrading_from_0_1_0_matches_a_fresh_install_and_keeps_the_data() {
          FROM orders_sync.schedules WHERE job_name = 'it_upgrade_admin'",
     );
     assert!(admin_job, "the id of the job is recorded where its name, command and owner match");
-    let repaired: Vec<(String, String)> = db
-        .query("SELECT job_name, action FROM orders_sync.repair_schedules()", &[])
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
+    let repaired = text_pairs(&mut db, "SELECT job_name, action FROM orders_sync.repair_schedules()");
     assert_eq!(repaired.len(), 2, "{repaired:?}");
     assert_eq!(repaired[0].0, "it_upgrade_gone");
     assert!(repaired[0].1.starts_with("not recreated: the role it runs as is unknown"), "{repaired:?}");
@@ -269,6 +255,32 @@ fn upgrading_from_0_1_0_matches_a_fresh_install_and_keeps_the_data() {
     db.batch_execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname LIKE 'it_upgrade%'").unwrap();
     db.batch_execute("DROP OWNED BY it_upgrader; DROP ROLE it_upgrader").unwrap();
     assert_matches_a_fresh_install(&mut db);
+}
+
+/// The released install script of `version` is where `CREATE EXTENSION ... VERSION` finds it.
+fn assert_released_script_installed(db: &mut orders_sync_pg_test::postgres::Client, version: &str) {
+    let shipped: i64 = scalar(
+        db,
+        &format!(
+            "SELECT count(*) FROM pg_available_extension_versions WHERE name = 'orders_sync' AND version = '{version}'"
+        ),
+    );
+    assert_eq!(
+        shipped, 1,
+        "the {version} install script must be installed: scripts/test.sh copies pg_test/fixtures/orders_sync--{version}.sql"
+    );
+}
+
+/// `ALTER EXTENSION orders_sync UPDATE` reaches the version under test.
+fn update_to_this_version(db: &mut orders_sync_pg_test::postgres::Client) {
+    db.batch_execute("ALTER EXTENSION orders_sync UPDATE").unwrap();
+    let version: String = scalar(db, "SELECT extversion FROM pg_extension WHERE extname = 'orders_sync'");
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+}
+
+/// The rows of a two-text-column query.
+fn text_pairs(db: &mut orders_sync_pg_test::postgres::Client, query: &str) -> Vec<(String, String)> {
+    db.query(query, &[]).unwrap().iter().map(|row| (row.get(0), row.get(1))).collect()
 }
 
 /// The catalog of the extension as it is now equals that of a fresh install of this version.
@@ -289,14 +301,7 @@ fn assert_matches_a_fresh_install(db: &mut orders_sync_pg_test::postgres::Client
 fn upgrading_from_0_1_1_matches_a_fresh_install_and_owns_only_the_jobs_it_created() {
     let _guard = exclusive();
     let mut db = connect();
-    let shipped: i64 = scalar(
-        &mut db,
-        "SELECT count(*) FROM pg_available_extension_versions WHERE name = 'orders_sync' AND version = '0.1.1'",
-    );
-    assert_eq!(
-        shipped, 1,
-        "the 0.1.1 install script must be installed: scripts/test.sh copies pg_test/fixtures/orders_sync--0.1.1.sql"
-    );
+    assert_released_script_installed(&mut db, "0.1.1");
     db.batch_execute(
         "DROP EXTENSION IF EXISTS orders_sync CASCADE;
          SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname LIKE 'it_up11%';
@@ -338,9 +343,7 @@ fn upgrading_from_0_1_1_matches_a_fresh_install_and_owns_only_the_jobs_it_create
     )
     .unwrap();
 
-    db.batch_execute("ALTER EXTENSION orders_sync UPDATE").unwrap();
-    let version: String = scalar(&mut db, "SELECT extversion FROM pg_extension WHERE extname = 'orders_sync'");
-    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    update_to_this_version(&mut db);
     let kept: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.store_master WHERE store_code = 'UPGRD11'");
     assert_eq!(kept, 1, "an upgrade keeps the data");
     let recorded: Vec<(String, bool)> = db
@@ -373,12 +376,7 @@ fn upgrading_from_0_1_1_matches_a_fresh_install_and_owns_only_the_jobs_it_create
         assert!(std::time::Instant::now() < deadline, "pg_cron's scheduler did not come up");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let states: Vec<(String, String)> = db
-        .query("SELECT job_name, state FROM orders_sync.scheduler_health ORDER BY job_name", &[])
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
+    let states = text_pairs(&mut db, "SELECT job_name, state FROM orders_sync.scheduler_health ORDER BY job_name");
     assert_eq!(
         states,
         [
@@ -389,12 +387,7 @@ fn upgrading_from_0_1_1_matches_a_fresh_install_and_owns_only_the_jobs_it_create
         ]
     );
     let jobs_before: Vec<(i64, String, String, String, bool)> = cron_jobs(&mut db);
-    let repaired: Vec<(String, String)> = db
-        .query("SELECT job_name, action FROM orders_sync.repair_schedules()", &[])
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
+    let repaired = text_pairs(&mut db, "SELECT job_name, action FROM orders_sync.repair_schedules()");
     assert_eq!(repaired.len(), 3, "{repaired:?}");
     assert!(repaired.iter().all(|(_, action)| action.starts_with("not recreated: the name is taken")), "{repaired:?}");
     assert_eq!(cron_jobs(&mut db), jobs_before, "repair touched no job it did not create");

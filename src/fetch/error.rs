@@ -121,8 +121,13 @@ impl FetchError {
     /// Requests made before this error (0 when none was sent).
     #[cfg(test)]
     pub fn attempts(&self) -> u32 {
+        self.clone().attempts_slot().map_or(0, |attempts| *attempts)
+    }
+
+    /// Where the error counts its requests; none for errors made before any request.
+    fn attempts_slot(&mut self) -> Option<&mut u32> {
         match self {
-            FetchError::Settings(_) | FetchError::Request(_) | FetchError::Bound(_) => 0,
+            FetchError::Settings(_) | FetchError::Request(_) | FetchError::Bound(_) => None,
             FetchError::Status { attempts, .. }
             | FetchError::Timeout { attempts, .. }
             | FetchError::Connect { attempts, .. }
@@ -131,7 +136,7 @@ impl FetchError {
             | FetchError::MalformedJson { attempts, .. }
             | FetchError::InvalidPage { attempts, .. }
             | FetchError::InvalidRecord { attempts, .. }
-            | FetchError::Cancelled { attempts } => *attempts,
+            | FetchError::Cancelled { attempts } => Some(attempts),
         }
     }
 
@@ -184,17 +189,8 @@ impl FetchError {
     }
 
     pub(crate) fn with_attempts(mut self, n: u32) -> Self {
-        match &mut self {
-            FetchError::Settings(_) | FetchError::Request(_) | FetchError::Bound(_) => {}
-            FetchError::Status { attempts, .. }
-            | FetchError::Timeout { attempts, .. }
-            | FetchError::Connect { attempts, .. }
-            | FetchError::Transport { attempts, .. }
-            | FetchError::TooLarge { attempts, .. }
-            | FetchError::MalformedJson { attempts, .. }
-            | FetchError::InvalidPage { attempts, .. }
-            | FetchError::InvalidRecord { attempts, .. }
-            | FetchError::Cancelled { attempts } => *attempts = n,
+        if let Some(attempts) = self.attempts_slot() {
+            *attempts = n;
         }
         self
     }

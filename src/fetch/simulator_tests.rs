@@ -584,23 +584,27 @@ fn echo_everywhere() -> Vec<(&'static str, String, String)> {
     cases
 }
 
+/// A client for a source that echoes `token`: one attempt, short timeouts.
+fn echo_source_settings(base_url: String, token: &str) -> SourceSettings {
+    SourceSettings {
+        base_url,
+        token: Some(token.to_owned()),
+        page_size: 10,
+        connect_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(2),
+        max_attempts: 1,
+        retry_base_delay: Duration::from_millis(1),
+        max_response_bytes: 1 << 20,
+        allowed_hosts: Vec::new(),
+    }
+}
+
 #[test]
 fn a_source_echoing_the_token_in_every_place_and_form_never_gets_it_into_a_message() {
     for token in sample_tokens() {
         let cases = echo_everywhere();
         let base_url = echoing_source(cases.iter().map(|(_, head, body)| (head.clone(), body.clone())).collect());
-        let client = SourceClient::new(SourceSettings {
-            base_url,
-            token: Some(token.clone()),
-            page_size: 10,
-            connect_timeout: Duration::from_secs(2),
-            read_timeout: Duration::from_secs(2),
-            max_attempts: 1,
-            retry_base_delay: Duration::from_millis(1),
-            max_response_bytes: 1 << 20,
-            allowed_hosts: Vec::new(),
-        })
-        .expect("client");
+        let client = SourceClient::new(echo_source_settings(base_url, &token)).expect("client");
         for (name, _, _) in &cases {
             let err = error_of(client.fetch_page(&week("S001", "orders"), &never));
             let message = format!("{err} | {err:?} | {:?}", err.hint());
@@ -620,18 +624,7 @@ fn a_long_token_echoed_as_an_id_or_date_is_not_quoted_in_part() {
         ("200 OK", r#"{"data":[{"id":"a","date":"{raw}"}]}"#.to_owned()),
         ("400 Bad Request", r#"{"error":"bad token {percent}"}"#.to_owned()),
     ]);
-    let client = SourceClient::new(SourceSettings {
-        base_url,
-        token: Some(token.to_owned()),
-        page_size: 10,
-        connect_timeout: Duration::from_secs(2),
-        read_timeout: Duration::from_secs(2),
-        max_attempts: 1,
-        retry_base_delay: Duration::from_millis(1),
-        max_response_bytes: 1 << 20,
-        allowed_hosts: Vec::new(),
-    })
-    .expect("client");
+    let client = SourceClient::new(echo_source_settings(base_url, token)).expect("client");
     let mut messages = Vec::new();
     for _ in 0..3 {
         messages.push(error_of(client.fetch_page(&week("S001", "orders"), &never)).to_string());
