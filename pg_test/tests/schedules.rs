@@ -607,7 +607,9 @@ fn test_dir() -> String {
 fn restart_cluster() -> Client {
     let dir = test_dir();
     let status = std::process::Command::new("sudo")
-        .args(["-u", "postgres", "/usr/lib/postgresql/15/bin/pg_ctl", "-D"])
+        .args(["-u", "postgres"])
+        .arg(format!("{}/pg_ctl", orders_sync_pg_test::pg_bin()))
+        .arg("-D")
         .arg(format!("{dir}/data"))
         .args(["-m", "fast", "-w", "-t", "120", "-l"])
         .arg(format!("{dir}/server.log"))
