@@ -58,8 +58,10 @@ fn misbehaving_source(paging: Paging) -> String {
             if let Paging::SlowEndless = paging {
                 std::thread::sleep(Duration::from_millis(300));
             }
+            // Store HGOOD is served as a well-behaved source: its one page is the last.
+            let next = if target.contains("/stores/HGOOD/") { "null".to_string() } else { format!("\"{next}\"") };
             let body = format!(
-                r#"{{"data":[{{"id":"r{page}-{}","date":"{from}","amount":1.00}}],"next_page_token":"{next}"}}"#,
+                r#"{{"data":[{{"id":"r{page}-{}","date":"{from}","amount":1.00}}],"next_page_token":{next}}}"#,
                 token.as_deref().unwrap_or("first")
             );
             let _ = write!(
@@ -158,9 +160,17 @@ fn pagination_that_never_ends_stops_at_the_pipelines_page_limit() {
 
 #[test]
 fn pagination_that_never_ends_slowly_stops_at_the_time_limit() {
-    let (_guard, mut db) = hostile_setup(&misbehaving_source(Paging::SlowEndless), "HSLOW");
+    let source = misbehaving_source(Paging::SlowEndless);
+    let (_guard, mut db) = hostile_setup(&source, "HSLOW");
+    pipeline_for(&mut db, &source, "HGOOD");
     db.batch_execute("UPDATE orders_sync.pipelines SET max_window_seconds = 1 WHERE code = 'uc_orders_sync'").unwrap();
+    // Another store syncs while this one pages forever: it is not held up.
+    let other_store = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(200));
+        sync_one_day(&mut connect(), "HGOOD")
+    });
     let status = sync_one_day(&mut db, "HSLOW");
+    assert_eq!(other_store.join().expect("other store's session"), "success", "other stores are unaffected");
     assert_eq!(status, "failed");
     let (_, message, pages) = window_outcome(&mut db, "HSLOW");
     assert!(message.contains("the limit of 1 s of paging per window was reached"), "{message}");
