@@ -10,7 +10,9 @@
 #                                  preloaded and the reference simulator over loopback
 #
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
-# Env: ORDERS_SYNC_WORK (scratch dir, default /var/tmp/orders_sync), ORDERS_SYNC_IT_PORT,
+# Env: ORDERS_SYNC_WORK (scratch dir, default /var/tmp/orders_sync), ORDERS_SYNC_IT_PORT
+#      (the test cluster's port; tests that need clusters of their own, a replica or a restore
+#      target, use the next few ports),
 #      ORDERS_SYNC_ONLY (run only the steps whose name contains it, e.g. "integration"),
 #      ORDERS_SYNC_IT_ARGS (extra cargo test arguments for the integration step, e.g.
 #      "--test schedules").
@@ -73,6 +75,7 @@ integration() {
     ORDERS_SYNC_TEST_DIR="$1/it" \
     ORDERS_SYNC_SIMULATOR="$4/release/orders_sync_simulator" \
     ORDERS_SYNC_PG_BIN="$6" \
+    ORDERS_SYNC_SPARE_PORT="$(($2 + 1))" \
       cargo test -p orders_sync_pg_test --no-fail-fast $5 -- --test-threads=1
   ' "$PG_CONFIG" "$work" "$it_port" "$it_db" "$target" "${ORDERS_SYNC_IT_ARGS:-}" "$PG_BIN"
 }

@@ -107,6 +107,16 @@ pub fn start_worker<R: WorkerRequest>(request: &R, database: pg_sys::Oid) -> boo
 /// transaction stays open: the worker commits on its own, and the caller then reads the
 /// result with a fresh snapshot.
 pub fn run_worker_and_wait<R: WorkerRequest>(request: &R) -> Result<(), SqlError> {
+    // Workers that connect to a database start only once recovery has finished: on a hot
+    // standby this one would never start, and the caller would wait for it forever.
+    // SAFETY: reads shared memory state PostgreSQL keeps for exactly this question.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Err(SqlError::new(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            format!("cannot start the {} worker on a hot standby", R::KIND),
+        )
+        .with_hint("Syncing runs on the primary; run this there (or after this server is promoted)."));
+    }
     // SAFETY: plain reads of this backend's own globals.
     let (database, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::MyProcPid) };
     let worker = builder(request, database).set_notify_pid(pid).load_dynamic().map_err(|_| {

@@ -7,7 +7,8 @@ use orders_sync_pg_test::{connect, dsn, ensure_extension, exclusive, scalar};
 use std::time::{Duration, Instant};
 
 fn launcher_state(db: &mut Client) -> (String, Option<i32>, String) {
-    let row = db.query_one("SELECT state, pid, detail FROM orders_sync.health WHERE component = 'launcher'", &[]).unwrap();
+    let row =
+        db.query_one("SELECT state, pid, detail FROM orders_sync.health WHERE component = 'launcher'", &[]).unwrap();
     (row.get(0), row.get(1), row.get(2))
 }
 
@@ -18,7 +19,10 @@ fn wait_for_state(db: &mut Client, state: &str, timeout: Duration) -> (Duration,
         if now == state {
             return (start.elapsed(), pid, detail);
         }
-        assert!(start.elapsed() < timeout, "launcher state still {now:?} ({detail}) after {timeout:?}, expected {state:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "launcher state still {now:?} ({detail}) after {timeout:?}, expected {state:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -34,7 +38,8 @@ fn a_terminated_launcher_shows_as_launcher_down_until_it_is_back() {
     )
     .unwrap();
     // What an alerting query runs: an unprivileged role, no pg_read_all_stats.
-    let mut watch = Client::connect(&format!("{} user=it_health_watch", dsn()), NoTls).expect("connect as it_health_watch");
+    let mut watch =
+        Client::connect(&format!("{} user=it_health_watch", dsn()), NoTls).expect("connect as it_health_watch");
     let (_, first, detail) = wait_for_state(&mut watch, "ok", Duration::from_secs(30));
     let first = first.expect("an ok launcher has a pid");
     assert!(detail.starts_with(&format!("launcher pid {first} running since")), "{detail}");
