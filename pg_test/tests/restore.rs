@@ -76,6 +76,12 @@ fn pg_dump_and_pg_restore_into_a_fresh_cluster_keep_data_plan_and_schedules() {
     let port = target.port.to_string();
     run_as_postgres("pg_restore", &["--exit-on-error", "-d", DB, "-h", &target.dir, "-p", &port, &dump]);
     let mut db = target.connect(DB);
+    // The launcher started before the database existed; it is back within its 5 s restart time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while scalar::<String>(&mut db, "SELECT state FROM orders_sync.health") != "ok" {
+        assert!(std::time::Instant::now() < deadline, "the restored database has no launcher");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let after = contents(&mut db);
     assert_eq!(after, before, "the restore brings back data, registry and the same plan");
 
@@ -86,8 +92,6 @@ fn pg_dump_and_pg_restore_into_a_fresh_cluster_keep_data_plan_and_schedules() {
     let repaired_health = health(&mut db);
     eprintln!("restore: schedules after pg_restore {health_after:?}; repair_schedules() acted on {repaired}; then {repaired_health:?}");
     assert!(repaired_health.iter().all(|(_, state)| state == "ok"), "{repaired_health:?}");
-    let launcher: String = scalar(&mut db, "SELECT state FROM orders_sync.health");
-    assert_eq!(launcher, "ok", "the restored database has its launcher");
 
     // And it syncs: the next run on the restored copy plans and completes what is left.
     let next: String = scalar(
