@@ -8,6 +8,8 @@
 #   4. pgrx tests                  SQL-level tests inside a throw-away cluster (cargo pgrx test)
 #   5. integration tests           pg_test/ against a real cluster with pg_cron and orders_sync
 #                                  preloaded and the reference simulator over loopback
+#   6. chaos (short)               scripts/chaos.sh with about ten faults
+#   7. demo (short)                scripts/demo.sh, small, with its checks
 #
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
 # Env: ORDERS_SYNC_WORK (scratch dir, default /var/tmp/orders_sync), ORDERS_SYNC_IT_PORT
@@ -111,6 +113,10 @@ step "unit tests (extension, pure)" cargo test -p orders_sync --lib -- --skip pg
 step "unit tests (simulator)" cargo test -p orders_sync_simulator
 step "pgrx tests" locked cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$work/pgrx-data"
 step "integration tests" integration
+# About ten faults; scripts/chaos.sh with its defaults is the full run. It takes the install
+# lock itself, for as long as its cluster runs.
+step "chaos (short)" env CHAOS_TERMINATES=8 CHAOS_CRASHES=1 CHAOS_RESTARTS=1 CHAOS_STORES=6 CHAOS_DAYS=30 \
+  CHAOS_PORT="$((it_port + 5))" ORDERS_SYNC_WORK="$work" bash scripts/chaos.sh
 step "demo (short)" demo_smoke
 
 passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
