@@ -134,10 +134,22 @@ fn standby_idles_and_the_promoted_standby_continues_the_run_and_the_next_run_com
         &run_is("finished_at IS NOT NULL"),
         Duration::from_secs(120),
     );
+    let closed_after = promoted_at.elapsed();
+    let jobs: String = scalar(
+        &mut db,
+        &format!(
+            "SELECT string_agg(format('%s %s %s (started %s, ended %s)', store_code, from_date, status,
+                                      started_at::time(2), finished_at::time(2)), '; ' ORDER BY id)
+             FROM orders_sync.sync_jobs WHERE run_id = '{run_id}'"
+        ),
+    );
+    let launcher_start: String = scalar(
+        &mut db,
+        "SELECT max(backend_start)::time(2)::text FROM pg_stat_activity WHERE backend_type = 'orders_sync launcher'",
+    );
     eprintln!(
         "failover: {pages_at_failover} pages replicated and {queued_at_failover} windows queued at the failover; \
-         launcher up {launcher_after:?} and the run closed {:?} after the promote",
-        promoted_at.elapsed()
+         launcher up {launcher_after:?} (at {launcher_start}) and the run closed {closed_after:?} after the promote; jobs: {jobs}"
     );
     let interrupted: i64 = scalar(
         &mut db,

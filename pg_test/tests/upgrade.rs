@@ -79,13 +79,20 @@ fn alter_extension_update_during_an_active_run_succeeds_and_the_next_run_complet
         let row = db
             .query_one(
                 "SELECT (SELECT overall_status::text FROM orders_sync.pipeline_run_summaries WHERE run_id = $1),
-                        (SELECT count(*) FROM orders_sync.window_pages WHERE store_code LIKE 'UPG%')",
+                        (SELECT count(*) FROM orders_sync.records WHERE store_code LIKE 'UPG%')",
                 &[&run_id],
             )
             .unwrap();
         (row.get(0), row.get(1))
     };
     assert_eq!(before.0, "running", "the update runs while the run is active");
+    let jobs_before: String = scalar(
+        &mut db,
+        &format!(
+            "SELECT coalesce(string_agg(status || ' ' || n, ', ' ORDER BY status), 'none')
+             FROM (SELECT status, count(*) AS n FROM orders_sync.sync_jobs WHERE run_id = '{run_id}' GROUP BY status) s"
+        ),
+    );
 
     let started = Instant::now();
     db.batch_execute("ALTER EXTENSION orders_sync UPDATE").expect("the update must not fail while a run is active");
@@ -103,14 +110,14 @@ fn alter_extension_update_during_an_active_run_succeeds_and_the_next_run_complet
         let row = db
             .query_one(
                 "SELECT (SELECT overall_status::text FROM orders_sync.pipeline_run_summaries WHERE run_id = $1),
-                        (SELECT count(*) FROM orders_sync.window_pages WHERE store_code LIKE 'UPG%')",
+                        (SELECT count(*) FROM orders_sync.records WHERE store_code LIKE 'UPG%')",
                 &[&run_id],
             )
             .unwrap();
         (row.get(0), row.get(1))
     };
     eprintln!(
-        "upgrade: {} pages before ALTER EXTENSION UPDATE, which took {took:?}; the run ended {status} with {pages_after} pages",
+        "upgrade: jobs {jobs_before} and {} records before ALTER EXTENSION UPDATE, which took {took:?}; the run ended {status} with {pages_after} records",
         before.1
     );
     let running: i64 = scalar(
