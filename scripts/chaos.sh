@@ -92,8 +92,8 @@ SELECT format('CH%s', lpad(i::text, 2, '0')), 'CC01', CASE WHEN i % 2 = 0 THEN '
        :'as_of'::date - (:days - 1 - i % 5), true
 FROM generate_series(1, :stores) AS i;
 SQL
-# Each page 40 ms late, so that windows span several pages while the faults fall.
-curl -fsS -X POST -H 'content-type: application/json' -d '{"kind":"slow","delay_ms":40}' "$sim/_control/faults" >/dev/null
+# Each page 150 ms late, so that a window takes a second or so and faults fall inside windows.
+curl -fsS -X POST -H 'content-type: application/json' -d '{"kind":"slow","delay_ms":150}' "$sim/_control/faults" >/dev/null
 
 start_run() {
   q_up "SELECT orders_sync.run_profiler('chaos', window_days => 7, max_workers => 4, as_of => '$as_of')" >/dev/null
@@ -124,10 +124,11 @@ time_to_launcher() {
 faults_log="$dir/faults.tsv"
 : > "$faults_log"
 fault_no=0
-record() { # kind target windows seconds
+record() { # kind target windows seconds-until-they-left-running [seconds-until-a-launcher-is-back]
   fault_no=$((fault_no + 1))
-  printf '%s\t%s\t%s\t%s\t%s\n' "$fault_no" "$1" "$2" "$3" "$4" >> "$faults_log"
-  printf '  #%-4s %-10s %-22s windows %-12s %ss\n' "$fault_no" "$1" "$2" "${3:-none}" "$4"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$fault_no" "$1" "$2" "$3" "$4" "${5:-}" >> "$faults_log"
+  printf '  #%-4s %-10s %-22s windows %-14s left running after %5ss%s\n' "$fault_no" "$1" "$2" "${3:-none}" "$4" \
+    "${5:+, launcher back after ${5}s}"
 }
 
 say "faults: $terminates terminates (about one in ten of the launcher), $crashes crash-restarts, $restarts restarts"
@@ -152,7 +153,7 @@ while [ $((left_terminates + left_crashes + left_restarts)) -gt 0 ]; do
     if [ $((RANDOM % 10)) -eq 0 ]; then
       launcher=$(q_up "SELECT pid FROM pg_stat_activity WHERE backend_type = 'orders_sync launcher'")
       q_up "SELECT pg_terminate_backend($launcher)" >/dev/null
-      record terminate "launcher pid $launcher" "" "$(time_to_launcher "$started")"
+      record terminate "launcher pid $launcher" "" "0.00" "$(time_to_launcher "$started")"
     else
       jobs=$(q_up "SELECT coalesce(string_agg(id::text, ','), '') FROM orders_sync.sync_jobs WHERE worker_pid = $pid AND status = 'running'")
       q_up "SELECT pg_terminate_backend($pid)" >/dev/null
@@ -162,12 +163,14 @@ while [ $((left_terminates + left_crashes + left_restarts)) -gt 0 ]; do
     left_crashes=$((left_crashes - 1))
     jobs=$(running_jobs)
     kill -9 "$pid" 2>/dev/null || true
-    record crash "SIGKILL pid $pid" "$jobs" "$(time_to_leave_running "$jobs" "$started")"
+    left=$(time_to_leave_running "$jobs" "$started")
+    record crash "SIGKILL pid $pid" "$jobs" "$left" "$(time_to_launcher "$started")"
   else
     left_restarts=$((left_restarts - 1))
     jobs=$(running_jobs)
     scripts/pg_cluster.sh restart "$dir"
-    record restart "pg_ctl restart" "$jobs" "$(time_to_leave_running "$jobs" "$started")"
+    left=$(time_to_leave_running "$jobs" "$started")
+    record restart "pg_ctl restart" "$jobs" "$left" "$(time_to_launcher "$started")"
   fi
 done
 
@@ -239,8 +242,13 @@ read -r lost extra wrong_days false_success kpi_off still_running truth_records 
 
 say "totals"
 awk -F '\t' '
-  { n[$2]++; s[$2] += $5; if ($5 > m[$2]) m[$2] = $5; if ($4 != "") w[$2] += split($4, _, ",") }
-  END { for (k in n) printf "  %-10s %4d faults, %4d windows hit, %.2f s mean and %.2f s max until they left running (launcher: until back)\n", k, n[k], w[k], s[k] / n[k], m[k] }
+  { n[$2]++; if ($4 != "") { h = split($4, _, ","); w[$2] += h; s[$2] += $5 * h; if ($5 > m[$2]) m[$2] = $5 }
+    if ($6 != "") { ln[$2]++; ls[$2] += $6; if ($6 > lm[$2]) lm[$2] = $6 } }
+  END { for (k in n) {
+          printf "  %-10s %4d faults, %4d windows hit", k, n[k], w[k]
+          if (w[k] > 0) printf ", left running after %.2f s mean / %.2f s max", s[k] / w[k], m[k]
+          if (ln[k] > 0) printf ", launcher back after %.2f s mean / %.2f s max", ls[k] / ln[k], lm[k]
+          printf "\n" } }
 ' "$faults_log"
 echo "  healing runs: $healing_runs; runs in all: $runs; attempts (log rows): $attempts"
 echo "  records: $records synced, $truth_records at the source"
