@@ -130,3 +130,72 @@ COMMENT ON VIEW orders_sync.health IS
 
 GRANT SELECT ON orders_sync.health TO orders_sync_monitor;
 GRANT EXECUTE ON FUNCTION orders_sync.launcher_health() TO orders_sync_monitor;
+
+-- One home for every rule (issue 12, completing it): schedule_profiler asks is_env_name too.
+CREATE OR REPLACE FUNCTION orders_sync.schedule_profiler(
+    schedule     text    DEFAULT '*/30 * * * *',
+    env          text    DEFAULT 'prod',
+    sync_group   text    DEFAULT 'ALL',
+    window_days  integer DEFAULT 90,
+    overlap_days integer DEFAULT 1,
+    max_workers  integer DEFAULT 3,
+    job_name     text    DEFAULT NULL
+)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = orders_sync, pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_job_name text;
+    v_command  text;
+    v_job_id   bigint;
+BEGIN
+    PERFORM orders_sync.check_cron_schedule(schedule_profiler.schedule);
+    IF schedule_profiler.env IS NULL OR NOT orders_sync.is_env_name(schedule_profiler.env) THEN
+        RAISE EXCEPTION 'invalid argument env: must be 1 to 32 letters, digits, ''_'', ''.'' or ''-'''
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass the environment the runs are recorded under, e.g. env => ''prod''.';
+    END IF;
+    IF schedule_profiler.sync_group IS NULL OR schedule_profiler.sync_group NOT IN ('TD', 'UC', 'ALL') THEN
+        RAISE EXCEPTION 'invalid argument sync_group: unknown sync group'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use ''TD'', ''UC'' or ''ALL'' (upper case).';
+    END IF;
+    IF schedule_profiler.window_days IS NULL OR schedule_profiler.window_days NOT BETWEEN 1 AND 3660 THEN
+        RAISE EXCEPTION 'invalid argument window_days: must be between 1 and 3660'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass a number of days between 1 and 3660.';
+    END IF;
+    IF schedule_profiler.overlap_days IS NULL OR schedule_profiler.overlap_days NOT BETWEEN 0 AND 3660 THEN
+        RAISE EXCEPTION 'invalid argument overlap_days: must be between 0 and 3660'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass a number of days between 0 and 3660.';
+    END IF;
+    IF schedule_profiler.max_workers IS NULL OR schedule_profiler.max_workers NOT BETWEEN 1 AND 64 THEN
+        RAISE EXCEPTION 'invalid argument max_workers: must be between 1 and 64'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass how many windows of a run may be fetched at once (orders_sync.max_workers caps all runs).';
+    END IF;
+
+    v_job_name := coalesce(schedule_profiler.job_name,
+                           format('orders_sync_profiler_%s_%s',
+                                  lower(schedule_profiler.env), lower(schedule_profiler.sync_group)));
+    IF v_job_name !~ '^[A-Za-z0-9_.-]{1,63}$' THEN
+        RAISE EXCEPTION 'invalid argument job_name: must be 1 to 63 letters, digits, ''_'', ''.'' or ''-'''
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass NULL for orders_sync_profiler_<env>_<group>, or a name such as ''orders_sync_profiler_nightly''.';
+    END IF;
+
+    v_command := format(
+        'SELECT orders_sync.run_profiler(env => %L, sync_group => %L, window_days => %L, overlap_days => %L, max_workers => %L)',
+        schedule_profiler.env, schedule_profiler.sync_group, schedule_profiler.window_days,
+        schedule_profiler.overlap_days, schedule_profiler.max_workers);
+
+    -- cron.schedule with a name updates that job if the caller already has it.
+    v_job_id := cron.schedule(v_job_name, schedule_profiler.schedule, v_command);
+
+    INSERT INTO orders_sync.schedules AS s (job_name, schedule, command, kind)
+    VALUES (v_job_name, schedule_profiler.schedule, v_command, 'profiler')
+    ON CONFLICT ON CONSTRAINT schedules_pkey DO UPDATE
+        SET schedule = EXCLUDED.schedule, command = EXCLUDED.command, kind = EXCLUDED.kind,
+            registered_by = current_user, updated_at = now();
+    RETURN v_job_id;
+END
+$fn$;
