@@ -177,8 +177,10 @@ done
 say "healing: fault-free runs until one succeeds with nothing left to plan"
 curl -fsS -X DELETE "$sim/_control/faults" >/dev/null
 healing_runs=0
-for _ in $(seq 10); do
-  q_up "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'orders_sync launcher'" | grep -q 1 || { sleep 0.5; continue; }
+heal_deadline=$((SECONDS + 600))
+while [ "$healing_runs" -lt 10 ] && [ "$SECONDS" -lt "$heal_deadline" ]; do
+  # The last fault run may still be finishing; a run started now would only say so.
+  [ "$(q_up "SELECT state FROM orders_sync.health")" = ok ] || { sleep 0.5; continue; }
   active=$(q_up "SELECT count(*) FROM orders_sync.pipeline_run_summaries WHERE overall_status = 'running'")
   if [ "$active" != 0 ]; then sleep 0.5; continue; fi
   healing_runs=$((healing_runs + 1))
