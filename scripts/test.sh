@@ -8,9 +8,13 @@
 #   4. pgrx tests                  SQL-level tests inside a throw-away cluster (cargo pgrx test)
 #   5. integration tests           pg_test/ against a real cluster with pg_cron and orders_sync
 #                                  preloaded and the reference simulator over loopback
+#   6. chaos (short)               scripts/chaos.sh with about ten faults
+#   7. demo (short)                scripts/demo.sh, small, with its checks
 #
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
-# Env: ORDERS_SYNC_WORK (scratch dir, default /var/tmp/orders_sync), ORDERS_SYNC_IT_PORT,
+# Env: ORDERS_SYNC_WORK (scratch dir, default /var/tmp/orders_sync), ORDERS_SYNC_IT_PORT
+#      (the test cluster's port; tests that need clusters of their own, a replica or a restore
+#      target, use the next few ports),
 #      ORDERS_SYNC_ONLY (run only the steps whose name contains it, e.g. "integration"),
 #      ORDERS_SYNC_IT_ARGS (extra cargo test arguments for the integration step, e.g.
 #      "--test schedules").
@@ -73,6 +77,7 @@ integration() {
     ORDERS_SYNC_TEST_DIR="$1/it" \
     ORDERS_SYNC_SIMULATOR="$4/release/orders_sync_simulator" \
     ORDERS_SYNC_PG_BIN="$6" \
+    ORDERS_SYNC_SPARE_PORT="$(($2 + 1))" \
       cargo test -p orders_sync_pg_test --no-fail-fast $5 -- --test-threads=1
   ' "$PG_CONFIG" "$work" "$it_port" "$it_db" "$target" "${ORDERS_SYNC_IT_ARGS:-}" "$PG_BIN"
 }
@@ -83,8 +88,9 @@ integration() {
 demo_smoke() {
   local demo_dir="$work/demo-test" port=55490 sim_port=55491
   local dsn="host=127.0.0.1 port=$port user=postgres dbname=orders_sync_demo"
-  DEMO_DIR="$demo_dir" DEMO_PORT=$port DEMO_SIM_PORT=$sim_port DEMO_STORES=6 DEMO_DAYS=40 \
-    DEMO_ROWS_PER_DAY=3 DEMO_BUILD=debug bash scripts/demo.sh || { DEMO_DIR="$demo_dir" bash scripts/demo.sh stop; return 1; }
+  # Run under `locked`: the demo's install and its cluster hold the install lock throughout.
+  ORDERS_SYNC_INSTALL_LOCK_HELD=1 DEMO_DIR="$demo_dir" DEMO_PORT=$port DEMO_SIM_PORT=$sim_port DEMO_STORES=6 \
+    DEMO_DAYS=40 DEMO_ROWS_PER_DAY=3 DEMO_BUILD=debug bash scripts/demo.sh || { DEMO_DIR="$demo_dir" bash scripts/demo.sh stop; return 1; }
   local checks
   checks=$(psql "$dsn" -XAt -F ' ' -c "
     SELECT (SELECT count(*) = 1 AND bool_and(overall_status = 'success') FROM orders_sync.run_history),
@@ -108,7 +114,11 @@ step "unit tests (extension, pure)" cargo test -p orders_sync --lib -- --skip pg
 step "unit tests (simulator)" cargo test -p orders_sync_simulator
 step "pgrx tests" locked cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$work/pgrx-data"
 step "integration tests" integration
-step "demo (short)" demo_smoke
+# About ten faults; scripts/chaos.sh with its defaults is the full run. It takes the install
+# lock itself, for as long as its cluster runs.
+step "chaos (short)" env CHAOS_TERMINATES=8 CHAOS_CRASHES=1 CHAOS_RESTARTS=1 CHAOS_STORES=6 CHAOS_DAYS=30 \
+  CHAOS_PORT="$((it_port + 5))" ORDERS_SYNC_WORK="$work" bash scripts/chaos.sh
+step "demo (short)" locked demo_smoke
 
 passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failures=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s+=$6} END {print s+0}')

@@ -66,3 +66,7 @@ GRANT EXECUTE ON FUNCTION
     orders_sync.unschedule_all(),
     orders_sync.repair_schedules()
 TO orders_sync_admin;
+
+-- Health (sql/observe.sql): the monitor reads it; launcher_health() is SECURITY DEFINER.
+GRANT SELECT ON orders_sync.health TO orders_sync_monitor;
+GRANT EXECUTE ON FUNCTION orders_sync.launcher_health() TO orders_sync_monitor;

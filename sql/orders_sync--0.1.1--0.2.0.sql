@@ -78,6 +78,59 @@ ALTER TABLE orders_sync.pipelines
 
 -- Edge-case arguments (issue 14): NULL older_than is an argument error, not an empty result.
 ALTER FUNCTION orders_sync.reset_stuck_runs(interval) CALLED ON NULL INPUT;
+
+-- Always on (issue 15): orders_sync.health, a missing launcher as a state a monitoring query
+-- can alert on.
+-- launcher_health() reads pg_stat_activity and shared_preload_libraries with the owner's rights.
+CREATE FUNCTION orders_sync.launcher_health(OUT state text, OUT pid integer, OUT since timestamptz, OUT detail text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = orders_sync, pg_temp
+AS $$
+    SELECT CASE
+               WHEN NOT s.preloaded THEN 'not_preloaded'
+               WHEN pg_catalog.pg_is_in_recovery() THEN 'standby'
+               WHEN s.served IS DISTINCT FROM pg_catalog.current_database() THEN 'other_database'
+               WHEN l.pid IS NULL THEN 'launcher_down'
+               ELSE 'ok'
+           END,
+           l.pid,
+           l.backend_start,
+           CASE
+               WHEN NOT s.preloaded THEN
+                   'orders_sync is not in shared_preload_libraries, so no launcher runs and queued work waits; add it and restart the server'
+               WHEN pg_catalog.pg_is_in_recovery() THEN
+                   'hot standby: the launcher starts when this server is promoted; syncing runs on the primary'
+               WHEN s.served IS DISTINCT FROM pg_catalog.current_database() THEN
+                   pg_catalog.format('orders_sync.database is %L, so the launcher serves that database, not this one; set it to %L and restart the server',
+                                     s.served, pg_catalog.current_database())
+               WHEN l.pid IS NULL THEN
+                   'no orders_sync launcher is connected to this database, so queued work waits; it comes back 5 s after it exits: if this lasts, read the server log (max_worker_processes, orders_sync.database) or restart the server'
+               ELSE pg_catalog.format('launcher pid %s running since %s', l.pid, l.backend_start)
+           END
+    FROM (SELECT pg_catalog.current_setting('shared_preload_libraries')
+                     ~ '(^|[\s,/"])orders_sync(\.so)?("|\s|,|$)' AS preloaded,
+                 pg_catalog.current_setting('orders_sync.database', true) AS served) s
+    LEFT JOIN LATERAL (SELECT a.pid, a.backend_start FROM pg_catalog.pg_stat_activity a
+                       WHERE a.backend_type = 'orders_sync launcher'
+                         AND a.datname = pg_catalog.current_database()
+                       ORDER BY a.backend_start LIMIT 1) l ON true
+$$;
+
+REVOKE ALL ON FUNCTION orders_sync.launcher_health() FROM PUBLIC;
+
+COMMENT ON FUNCTION orders_sync.launcher_health() IS
+    'State of this database''s launcher: ok, launcher_down, standby, other_database or not_preloaded, with what to do.';
+
+CREATE VIEW orders_sync.health AS
+SELECT 'launcher'::text AS component, h.state, h.pid, h.since, h.detail
+FROM orders_sync.launcher_health() h;
+
+COMMENT ON VIEW orders_sync.health IS
+    'One row per component that keeps syncing running; alert on state <> ''ok'' (''standby'' is expected on a hot standby).';
+
+GRANT SELECT ON orders_sync.health TO orders_sync_monitor;
+GRANT EXECUTE ON FUNCTION orders_sync.launcher_health() TO orders_sync_monitor;
+
 ------------------------------------------------------------------------------------------
 -- Issues 19 and 14 (item 3): schedules
 --   19: pg_cron's scheduler terminated, cron.database_name elsewhere or pg_cron not

@@ -103,10 +103,26 @@ pub fn start_worker<R: WorkerRequest>(request: &R, database: pg_sys::Oid) -> boo
     builder(request, database).load_dynamic().is_ok()
 }
 
+/// An error when this server is a hot standby. Workers that connect to a database start only
+/// once recovery has finished, so on a standby a worker would never start and its caller would
+/// wait forever; `what` names what was asked for.
+pub fn refuse_on_standby(what: &str) -> Result<(), SqlError> {
+    // SAFETY: reads the shared-memory flag PostgreSQL keeps for exactly this question.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Err(SqlError::new(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            format!("cannot start {what} on a hot standby"),
+        )
+        .with_hint("Syncing runs on the primary: run this there, or here once this server is promoted."));
+    }
+    Ok(())
+}
+
 /// Starts a dynamic worker in the caller's database and waits until it exits. The caller's
 /// transaction stays open: the worker commits on its own, and the caller then reads the
 /// result with a fresh snapshot.
 pub fn run_worker_and_wait<R: WorkerRequest>(request: &R) -> Result<(), SqlError> {
+    refuse_on_standby(&format!("the {} worker", R::KIND))?;
     // SAFETY: plain reads of this backend's own globals.
     let (database, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::MyProcPid) };
     let worker = builder(request, database).set_notify_pid(pid).load_dynamic().map_err(|_| {

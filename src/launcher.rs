@@ -33,6 +33,9 @@ pub fn register() {
         .set_type("orders_sync launcher")
         .set_library("orders_sync")
         .set_function("orders_sync_launcher_main")
+        // Also makes it start only once recovery has finished: on a hot standby (which shares
+        // shared_preload_libraries with its primary) there is no launcher and nothing is
+        // attempted or logged; the postmaster starts it when the standby is promoted.
         .enable_spi_access()
         // Comes back when it exits, e.g. because orders_sync.database does not exist yet.
         .set_restart_time(Some(Duration::from_secs(5)))

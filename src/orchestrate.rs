@@ -434,6 +434,7 @@ fn run_profiler(
     wait: default!(Option<bool>, false),
     as_of: default!(Option<pgrx::datum::Date>, "NULL"),
 ) -> String {
+    bgw::refuse_on_standby("run_profiler").or_raise();
     let (request, wait) =
         profiler_request(env, sync_group, window_days, overlap_days, max_workers, force, store_code, wait, as_of)
             .or_raise();

@@ -198,3 +198,126 @@ impl Drop for Simulator {
         let _ = self.child.wait();
     }
 }
+
+/// A port the tests may use for a cluster of their own: `ORDERS_SYNC_SPARE_PORT` (set by
+/// scripts/test.sh to the next ports after the test cluster's) plus `offset`.
+pub fn spare_port(offset: u16) -> u16 {
+    let base: u16 =
+        std::env::var("ORDERS_SYNC_SPARE_PORT").ok().and_then(|port| port.parse().ok()).unwrap_or_else(|| {
+            panic!("ORDERS_SYNC_SPARE_PORT is not set: run the integration tests through scripts/test.sh")
+        });
+    base + offset
+}
+
+/// Runs a server program (`pg_ctl`, `pg_basebackup`, `pg_dump`...) as the postgres OS user;
+/// panics with its output when it fails.
+pub fn run_as_postgres(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new("sudo")
+        .args(["-u", "postgres", "--"])
+        .arg(format!("{}/{program}", pg_bin()))
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {program}: {error}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A private cluster a test starts besides the shared test cluster (a replica, a restore
+/// target), in a directory of its own next to the test cluster's. Stopped and removed when
+/// dropped, also when the test fails.
+pub struct SpareCluster {
+    pub dir: String,
+    pub port: u16,
+}
+
+impl SpareCluster {
+    /// The directory `name` beside the test cluster's, emptied; nothing is started.
+    pub fn prepare(name: &str, port: u16) -> SpareCluster {
+        let test_dir = std::env::var("ORDERS_SYNC_TEST_DIR").unwrap_or_else(|_| {
+            panic!("ORDERS_SYNC_TEST_DIR is not set: run the integration tests through scripts/test.sh")
+        });
+        let cluster = SpareCluster { dir: format!("{test_dir}-{name}"), port };
+        cluster.stop();
+        let _ = std::fs::remove_dir_all(&cluster.dir);
+        std::fs::create_dir_all(&cluster.dir).expect("spare cluster dir");
+        let owned = std::process::Command::new("chown").args(["postgres:", &cluster.dir]).status();
+        assert!(owned.map(|status| status.success()).unwrap_or(false), "chown {}", cluster.dir);
+        cluster
+    }
+
+    /// A new cluster like the test cluster (scripts/pg_cluster.sh: pg_cron and orders_sync
+    /// preloaded, database `database`), started; `settings` are extra postgresql.conf lines.
+    pub fn start_new(name: &str, port: u16, database: &str, settings: &[&str]) -> SpareCluster {
+        let cluster = SpareCluster::prepare(name, port);
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg_cluster.sh");
+        let output = std::process::Command::new("bash")
+            .arg(script)
+            .args(["start", &cluster.dir, &port.to_string(), database])
+            .args(settings)
+            .output()
+            .expect("pg_cluster.sh");
+        assert!(output.status.success(), "pg_cluster.sh start: {}", String::from_utf8_lossy(&output.stderr));
+        cluster
+    }
+
+    pub fn data(&self) -> String {
+        format!("{}/data", self.dir)
+    }
+
+    pub fn log(&self) -> String {
+        format!("{}/server.log", self.dir)
+    }
+
+    pub fn dsn(&self, database: &str) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname={database}", self.port)
+    }
+
+    /// A session, waiting up to a minute for the server to accept connections.
+    pub fn connect(&self, database: &str) -> Client {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match Client::connect(&self.dsn(database), NoTls) {
+                Ok(client) => return client,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(200))
+                }
+                Err(error) => panic!("cannot connect to {}: {error}", self.dsn(database)),
+            }
+        }
+    }
+
+    /// `pg_ctl start` of the data directory as it is, on this cluster's port and socket dir.
+    pub fn start(&self) {
+        let options = format!("-p {} -c unix_socket_directories={}", self.port, self.dir);
+        run_as_postgres("pg_ctl", &["-D", &self.data(), "-l", &self.log(), "-o", &options, "-w", "-t", "120", "start"]);
+    }
+
+    /// `pg_ctl stop -m immediate`: the server dies as in a crash or a power cut.
+    pub fn crash(&self) {
+        run_as_postgres("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+    }
+
+    pub fn stop(&self) {
+        if std::path::Path::new(&format!("{}/postmaster.pid", self.data())).exists() {
+            let _ = std::process::Command::new("sudo")
+                .args(["-u", "postgres", "--"])
+                .arg(format!("{}/pg_ctl", pg_bin()))
+                .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+                .output();
+        }
+    }
+}
+
+impl Drop for SpareCluster {
+    fn drop(&mut self) {
+        self.stop();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
