@@ -35,10 +35,12 @@ COMMENT ON FUNCTION orders_sync.worker_alive(integer) IS
 -- reported in (no worker_pid) is gone at once when the claim is older than this server
 -- (a crash-restart kills every worker) or than every running launcher (the one that claimed
 -- it has exited, and its worker with it); otherwise only after a minute, which covers a
--- slow worker start.
+-- slow worker start. Definer's rights: other roles see no backend_type in pg_stat_activity,
+-- and the answer must not depend on who asks (the monitor's stuck_candidates, an admin's
+-- reset_stuck_runs).
 CREATE FUNCTION orders_sync.job_worker_gone(worker_pid integer, claimed_at timestamptz) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = orders_sync, pg_catalog, pg_temp
 AS $$
     SELECT CASE
         WHEN worker_pid IS NOT NULL THEN NOT orders_sync.worker_alive(worker_pid)
@@ -227,7 +229,7 @@ COMMENT ON FUNCTION orders_sync.prune_history(interval) IS
 -- a SECURITY DEFINER function that returns nothing but the state.
 CREATE FUNCTION orders_sync.launcher_health(OUT state text, OUT pid integer, OUT since timestamptz, OUT detail text)
 LANGUAGE sql STABLE SECURITY DEFINER
-SET search_path = orders_sync, pg_temp
+SET search_path = orders_sync, pg_catalog, pg_temp
 AS $$
     SELECT CASE
                WHEN NOT s.preloaded THEN 'not_preloaded'

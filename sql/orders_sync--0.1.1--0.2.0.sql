@@ -29,8 +29,8 @@ COMMENT ON FUNCTION orders_sync.worker_alive(integer) IS
     'True while a server process with this pid exists.';
 
 CREATE FUNCTION orders_sync.job_worker_gone(worker_pid integer, claimed_at timestamptz) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = orders_sync, pg_catalog, pg_temp
 AS $$
     SELECT CASE
         WHEN worker_pid IS NOT NULL THEN NOT orders_sync.worker_alive(worker_pid)
@@ -84,7 +84,7 @@ ALTER FUNCTION orders_sync.reset_stuck_runs(interval) CALLED ON NULL INPUT;
 -- launcher_health() reads pg_stat_activity and shared_preload_libraries with the owner's rights.
 CREATE FUNCTION orders_sync.launcher_health(OUT state text, OUT pid integer, OUT since timestamptz, OUT detail text)
 LANGUAGE sql STABLE SECURITY DEFINER
-SET search_path = orders_sync, pg_temp
+SET search_path = orders_sync, pg_catalog, pg_temp
 AS $$
     SELECT CASE
                WHEN NOT s.preloaded THEN 'not_preloaded'

@@ -353,6 +353,8 @@ fn monitor_reads_health_but_cannot_schedule_or_see_other_commands() {
         definers,
         [
             ("orders_sync.cron_scheduler_problem()".to_string(), true, false),
+            ("orders_sync.job_worker_gone(integer,timestamp with time zone)".to_string(), true, false),
+            ("orders_sync.launcher_health()".to_string(), true, false),
             ("orders_sync.scheduled_job_runs()".to_string(), true, false),
         ]
     );
