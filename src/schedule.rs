@@ -137,11 +137,14 @@ fn check_cron_schedule(schedule: Option<&str>) -> bool {
 /// elsewhere, pg_cron not preloaded). The run itself goes on; this says that the next ones
 /// will not come. Never raises: a caller without the rights to look is simply not warned.
 pub fn warn_if_schedules_cannot_run() {
-    // Privileges first: a function or table the caller may not use fails the whole query at
-    // executor start, whatever a WHERE or CASE around it says.
+    // Existence and privileges first: a function or table the caller may not use (or that a
+    // schema not yet updated to this library lacks) fails the whole query at executor start,
+    // whatever a WHERE or CASE around it says. to_reg* answer NULL instead of failing.
     let may_look = Spi::get_one::<bool>(
-        "SELECT pg_catalog.has_function_privilege('orders_sync.cron_scheduler_problem()', 'EXECUTE')
-            AND pg_catalog.has_table_privilege('orders_sync.schedules', 'SELECT')",
+        "SELECT coalesce(pg_catalog.has_function_privilege(
+                             pg_catalog.to_regprocedure('orders_sync.cron_scheduler_problem()'), 'EXECUTE')
+                         AND pg_catalog.has_table_privilege(pg_catalog.to_regclass('orders_sync.schedules'), 'SELECT'),
+                         false)",
     );
     if may_look != Ok(Some(true)) {
         return;
