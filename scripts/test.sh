@@ -88,6 +88,9 @@ integration() {
 demo_smoke() {
   local demo_dir="$work/demo-test" port=55490 sim_port=55491
   local dsn="host=127.0.0.1 port=$port user=postgres dbname=orders_sync_demo"
+  # A fresh start: a demo left by an interrupted earlier run would add its runs to the checks.
+  DEMO_DIR="$demo_dir" bash scripts/demo.sh stop >/dev/null 2>&1 || true
+  rm -rf "$demo_dir"
   # Run under `locked`: the demo's install and its cluster hold the install lock throughout.
   ORDERS_SYNC_INSTALL_LOCK_HELD=1 DEMO_DIR="$demo_dir" DEMO_PORT=$port DEMO_SIM_PORT=$sim_port DEMO_STORES=6 \
     DEMO_DAYS=40 DEMO_ROWS_PER_DAY=3 DEMO_BUILD=debug bash scripts/demo.sh || { DEMO_DIR="$demo_dir" bash scripts/demo.sh stop; return 1; }
