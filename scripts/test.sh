@@ -7,7 +7,12 @@
 #   3. unit tests                  pure Rust: planner, fetch rules, simulator (cargo test)
 #   4. pgrx tests                  SQL-level tests inside a throw-away cluster (cargo pgrx test)
 #   5. integration tests           pg_test/ against a real cluster with pg_cron and orders_sync
-#                                  preloaded and the reference simulator over loopback
+#                                  preloaded and the reference simulator over loopback (metrics.rs:
+#                                  the real prometheus-postgres-exporter scraped over loopback)
+#   6. alert rules                 promtool check rules metrics/alerts.yaml
+#   7. Debian package              scripts/test_package.sh: build the .deb, apt-get install it in
+#                                  place of the dev install, CREATE / UPDATE from 0.1.0, apt-get
+#                                  remove leaves nothing, dev install restored (under the lock)
 #
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
 # Env: ORDERS_SYNC_WORK (scratch dir, default /var/tmp/orders_sync), ORDERS_SYNC_IT_PORT,
@@ -108,6 +113,9 @@ step "unit tests (extension, pure)" cargo test -p orders_sync --lib -- --skip pg
 step "unit tests (simulator)" cargo test -p orders_sync_simulator
 step "pgrx tests" locked cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$work/pgrx-data"
 step "integration tests" integration
+step "alert rules (promtool)" promtool check rules metrics/alerts.yaml
+# test_package.sh takes $INSTALL_LOCK itself (it must release it while building the package).
+step "Debian package" env ORDERS_SYNC_WORK="$work" ORDERS_SYNC_PKG_PORT="$((it_port + 2))" bash scripts/test_package.sh
 step "demo (short)" demo_smoke
 
 passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
