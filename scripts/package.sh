@@ -55,6 +55,9 @@ shlib_depends="$(
 
 mkdir -p "$tree/DEBIAN" "$tree/usr/share/doc/$name"
 install -m 644 README.md "$tree/usr/share/doc/$name/README.md"
+# The exporter queries and alert rules, for prometheus-postgres-exporter and Prometheus.
+mkdir -p "$tree/usr/share/$name"
+install -m 644 metrics/queries.yaml metrics/alerts.yaml "$tree/usr/share/$name/"
 installed_size="$(du -sk --exclude=DEBIAN "$tree" | cut -f1)"
 cat > "$tree/DEBIAN/control" <<EOF
 Package: $name

@@ -121,7 +121,12 @@ pub fn plan_store(
     let today_date = date_of(today);
     if !plan.iter().any(|w| w.from <= today_date && today_date <= w.to) {
         let today_succeeded = successes.iter().any(|&(from, to)| from == today_date && to == today_date);
-        plan.push(PlannedWindow { from: today_date, to: today_date, reason: Reason::Today, will_run: !today_succeeded });
+        plan.push(PlannedWindow {
+            from: today_date,
+            to: today_date,
+            reason: Reason::Today,
+            will_run: !today_succeeded,
+        });
     }
     plan
 }

@@ -102,10 +102,8 @@ fn exporter_shows_a_failed_store_in_window_counts_lag_and_states() {
 
     // MTRC1 synced up to today; MTRC2 up to 2026-01-02, then its next window fails.
     let today = "(now() AT TIME ZONE (SELECT timezone FROM orders_sync.pipelines WHERE code = 'td_orders_sync'))::date";
-    let status: String = scalar(
-        &mut db,
-        &format!("SELECT orders_sync.sync_window('td_orders_sync', 'MTRC1', '2026-01-01', {today})"),
-    );
+    let status: String =
+        scalar(&mut db, &format!("SELECT orders_sync.sync_window('td_orders_sync', 'MTRC1', '2026-01-01', {today})"));
     assert_eq!(status, "success");
     let status: String =
         scalar(&mut db, "SELECT orders_sync.sync_window('td_orders_sync', 'MTRC2', '2026-01-01', '2026-01-02')");
