@@ -79,6 +79,77 @@ ALTER TABLE orders_sync.pipelines
 -- Edge-case arguments (issue 14): NULL older_than is an argument error, not an empty result.
 ALTER FUNCTION orders_sync.reset_stuck_runs(interval) CALLED ON NULL INPUT;
 
+-- One home for every rule (issue 12), completed: schedule_profiler asks is_env_name too, as
+-- sql/schedules.sql does (without this the upgraded function kept its own copy of the
+-- pattern and the catalog-diff test failed).
+CREATE OR REPLACE FUNCTION orders_sync.schedule_profiler(
+    schedule     text    DEFAULT '*/30 * * * *',
+    env          text    DEFAULT 'prod',
+    sync_group   text    DEFAULT 'ALL',
+    window_days  integer DEFAULT 90,
+    overlap_days integer DEFAULT 1,
+    max_workers  integer DEFAULT 3,
+    job_name     text    DEFAULT NULL
+)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = orders_sync, pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_job_name text;
+    v_command  text;
+    v_job_id   bigint;
+BEGIN
+    PERFORM orders_sync.check_cron_schedule(schedule_profiler.schedule);
+    IF schedule_profiler.env IS NULL OR NOT orders_sync.is_env_name(schedule_profiler.env) THEN
+        RAISE EXCEPTION 'invalid argument env: must be 1 to 32 letters, digits, ''_'', ''.'' or ''-'''
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass the environment the runs are recorded under, e.g. env => ''prod''.';
+    END IF;
+    IF schedule_profiler.sync_group IS NULL OR schedule_profiler.sync_group NOT IN ('TD', 'UC', 'ALL') THEN
+        RAISE EXCEPTION 'invalid argument sync_group: unknown sync group'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use ''TD'', ''UC'' or ''ALL'' (upper case).';
+    END IF;
+    IF schedule_profiler.window_days IS NULL OR schedule_profiler.window_days NOT BETWEEN 1 AND 3660 THEN
+        RAISE EXCEPTION 'invalid argument window_days: must be between 1 and 3660'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass a number of days between 1 and 3660.';
+    END IF;
+    IF schedule_profiler.overlap_days IS NULL OR schedule_profiler.overlap_days NOT BETWEEN 0 AND 3660 THEN
+        RAISE EXCEPTION 'invalid argument overlap_days: must be between 0 and 3660'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass a number of days between 0 and 3660.';
+    END IF;
+    IF schedule_profiler.max_workers IS NULL OR schedule_profiler.max_workers NOT BETWEEN 1 AND 64 THEN
+        RAISE EXCEPTION 'invalid argument max_workers: must be between 1 and 64'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass how many windows of a run may be fetched at once (orders_sync.max_workers caps all runs).';
+    END IF;
+
+    v_job_name := coalesce(schedule_profiler.job_name,
+                           format('orders_sync_profiler_%s_%s',
+                                  lower(schedule_profiler.env), lower(schedule_profiler.sync_group)));
+    IF v_job_name !~ '^[A-Za-z0-9_.-]{1,63}$' THEN
+        RAISE EXCEPTION 'invalid argument job_name: must be 1 to 63 letters, digits, ''_'', ''.'' or ''-'''
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass NULL for orders_sync_profiler_<env>_<group>, or a name such as ''orders_sync_profiler_nightly''.';
+    END IF;
+
+    v_command := format(
+        'SELECT orders_sync.run_profiler(env => %L, sync_group => %L, window_days => %L, overlap_days => %L, max_workers => %L)',
+        schedule_profiler.env, schedule_profiler.sync_group, schedule_profiler.window_days,
+        schedule_profiler.overlap_days, schedule_profiler.max_workers);
+
+    -- cron.schedule with a name updates that job if the caller already has it.
+    v_job_id := cron.schedule(v_job_name, schedule_profiler.schedule, v_command);
+
+    INSERT INTO orders_sync.schedules AS s (job_name, schedule, command, kind)
+    VALUES (v_job_name, schedule_profiler.schedule, v_command, 'profiler')
+    ON CONFLICT ON CONSTRAINT schedules_pkey DO UPDATE
+        SET schedule = EXCLUDED.schedule, command = EXCLUDED.command, kind = EXCLUDED.kind,
+            registered_by = current_user, updated_at = now();
+    RETURN v_job_id;
+END
+$fn$;
+
 -- Install it like any PostgreSQL extension, watch it like any PostgreSQL service (issue 16):
 -- prune_history also prunes pg_cron's run details of orders_sync's own jobs and the pages of
 -- windows that will never be retried, and says how many of each it removed. Its result
@@ -202,3 +273,46 @@ COMMENT ON FUNCTION orders_sync.prune_history(interval) IS
 
 REVOKE EXECUTE ON FUNCTION orders_sync.prune_history(interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION orders_sync.prune_history(interval) TO orders_sync_admin;
+
+-- Issue 16, cheap to scrape: store_freshness probes two indexes per store instead of
+-- aggregating the whole log, and the running rows have an index of their own.
+CREATE INDEX ix_orders_sync_log_last_success
+ON orders_sync.orders_sync_log (pipeline_id, store_code, to_date)
+WHERE status = 'success';
+
+CREATE INDEX ix_orders_sync_log_running
+ON orders_sync.orders_sync_log (pipeline_id)
+WHERE status = 'running';
+
+CREATE OR REPLACE VIEW orders_sync.store_freshness AS
+SELECT p.code AS pipeline,
+       s.store_code,
+       s.cost_center,
+       s.start_date,
+       ls.last_success_day,
+       (now() AT TIME ZONE p.timezone)::date - ls.last_success_day AS lag_days,
+       CASE
+           WHEN lt.status IN ('failed', 'partial') THEN 'failing'
+           WHEN ls.last_success_day IS NULL THEN 'never_synced'
+           WHEN (now() AT TIME ZONE p.timezone)::date - ls.last_success_day > 1 THEN 'lagging'
+           ELSE 'fresh'
+       END AS state,
+       lt.status AS last_status,
+       lt.updated_at AS last_attempt_at,
+       lt.error_message AS last_error
+FROM orders_sync.store_master s
+JOIN orders_sync.pipelines p ON p.sync_group = s.sync_group AND p.enabled
+LEFT JOIN LATERAL (
+    SELECT max(l.to_date) AS last_success_day
+    FROM orders_sync.orders_sync_log l
+    WHERE l.pipeline_id = p.id AND l.store_code = s.store_code AND l.status = 'success'
+) ls ON true
+LEFT JOIN LATERAL (
+    -- The latest attempt at any window of the store.
+    SELECT l.status, l.error_message, l.updated_at
+    FROM orders_sync.orders_sync_log l
+    WHERE l.store_code = s.store_code AND l.pipeline_id = p.id
+    ORDER BY l.created_at DESC, l.id DESC
+    LIMIT 1
+) lt ON true
+WHERE s.is_active AND s.start_date IS NOT NULL;

@@ -241,7 +241,7 @@ fn prune_history_prunes_its_own_cron_run_details_keeping_what_scheduler_health_r
     assert_eq!(schedule_health(&mut db), health_before, "scheduler_health reads the same after pruning");
     assert_eq!(failures(&mut db), failures_before);
 
-    db.execute("SELECT cron.unschedule($1)", &[&other_job]).unwrap();
+    db.execute("SELECT cron.unschedule($1::bigint)", &[&other_job]).unwrap();
     db.execute("DELETE FROM cron.job_run_details WHERE jobid = $1", &[&other_job]).unwrap();
     let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
 }
