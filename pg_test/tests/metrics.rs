@@ -121,6 +121,15 @@ fn exporter_shows_a_failed_store_in_window_counts_lag_and_states() {
     sim.clear_faults();
     assert_eq!(status, "failed");
 
+    // The launcher restarts a few seconds after the extension was (re)created by another test.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scalar::<i64>(&mut db, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'orders_sync launcher'")
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the launcher did not come up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     let after = exporter.scrape();
     let failed = [("pipeline", "td_orders_sync"), ("status", "failed")];
     assert_eq!(
