@@ -305,13 +305,13 @@ JOIN orders_sync.pipelines p ON p.sync_group = s.sync_group AND p.enabled
 LEFT JOIN LATERAL (
     SELECT max(l.to_date) AS last_success_day
     FROM orders_sync.orders_sync_log l
-    WHERE l.pipeline_id = p.id AND l.store_code = s.store_code AND l.status = 'success'
+    WHERE l.pipeline_id = p.id AND l.store_code = s.store_code COLLATE "default" AND l.status = 'success'
 ) ls ON true
 LEFT JOIN LATERAL (
     -- The latest attempt at any window of the store.
     SELECT l.status, l.error_message, l.updated_at
     FROM orders_sync.orders_sync_log l
-    WHERE l.store_code = s.store_code AND l.pipeline_id = p.id
+    WHERE l.store_code = s.store_code COLLATE "default" AND l.pipeline_id = p.id
     ORDER BY l.created_at DESC, l.id DESC
     LIMIT 1
 ) lt ON true

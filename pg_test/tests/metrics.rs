@@ -147,11 +147,7 @@ fn exporter_shows_a_failed_store_in_window_counts_lag_and_states() {
     assert!(lag > 2, "the fixture's lag must be over the alert threshold: {lag}");
     assert_eq!(after.value("orders_sync_freshness_lag_days_worst", &td), f64::from(lag));
     for (state, stores) in [("fresh", 1.0), ("failing", 1.0), ("lagging", 0.0), ("never_synced", 0.0)] {
-        assert_eq!(
-            after.value("orders_sync_stores_count", &[("pipeline", "td_orders_sync"), ("state", state)]),
-            stores,
-            "stores {state}"
-        );
+        assert_eq!(after.value(&format!("orders_sync_freshness_stores_{state}"), &td), stores, "stores {state}");
     }
     // The lag histogram over the two stores: 0 days (MTRC1) and `lag` days (MTRC2).
     let bucket = |le: &str| after.value("orders_sync_freshness_lag_days_bucket", &[td[0], ("le", le)]);
