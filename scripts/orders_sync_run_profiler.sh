@@ -18,20 +18,25 @@ Options (defaults are run_profiler's):
   --force               re-fetch every window from start_date
   --store-code CODE     only this store
   --as-of DATE          plan as of DATE (YYYY-MM-DD) instead of today
-  --wait                return only when the run has ended; exit 1 if it failed
+  --wait                return only when the run has ended; the exit status then says how
   --dsn DSN             libpq connection string; otherwise PGHOST, PGPORT, PGDATABASE,
                         PGUSER, ... are used as by psql
   -h, --help            this help
 
-Exit status: 0 run started (or, with --wait, ended success/partial); 1 run ended failed;
-2 bad command line; 3 the database refused the call (message on stderr).
+Exit status (cron wrappers and CI can tell partial from success):
+  0  the run started; with --wait: it ended success
+  1  with --wait: the run ended failed (a window failed)
+  2  with --wait: the run ended partial (a later stream of some window failed)
+  3  bad command line
+  4  cannot connect to the database (psql's message on stderr)
+  5  the database refused the call: bad argument, extension missing, ... (message on stderr)
 USAGE
 }
 
 die_usage() {
   echo "orders_sync_run_profiler.sh: $*" >&2
   echo "Try 'orders_sync_run_profiler.sh --help'." >&2
-  exit 2
+  exit 3
 }
 
 env_name="" sync_group="ALL" window_days="90" overlap_days="1" max_workers="3"
@@ -105,8 +110,18 @@ SQL
 rc=$?
 set -e
 [ -z "$output" ] || printf '%s\n' "$output"
-[ "$rc" -eq 0 ] || exit 3
-if [ "$wait" = true ] && grep -qx 'status: failed' <<<"$output"; then
-  exit 1
+# psql: 2 = the connection failed or went bad, 3 = an error in the script (ON_ERROR_STOP).
+case "$rc" in
+  0) ;;
+  2) exit 4 ;;
+  *) exit 5 ;;
+esac
+if [ "$wait" = true ]; then
+  case "$(sed -n 's/^status: //p' <<<"$output")" in
+    success) exit 0 ;;
+    failed) exit 1 ;;
+    partial) exit 2 ;;
+    *) echo "orders_sync_run_profiler.sh: the run has not ended" >&2; exit 5 ;;
+  esac
 fi
 exit 0

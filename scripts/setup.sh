@@ -15,6 +15,10 @@ APT_PACKAGES=(
   pkg-config libssl-dev               # build deps of common -sys crates
   sudo                                # cargo pgrx test --runas postgres
   shellcheck                          # scripts/test.sh lints scripts/*.sh with it
+  dpkg-dev fakeroot                   # scripts/package.sh: dpkg-shlibdeps, dpkg-deb
+  prometheus-postgres-exporter        # metrics/queries.yaml is tested against the real exporter
+  prometheus                          # promtool checks metrics/alerts.yaml
+  python3-yaml                        # scripts/bench_metrics.sh reads metrics/queries.yaml
 )
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -37,6 +41,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
   log "apt packages present"
 fi
+
+# The exporter and Prometheus packages enable services of their own (the exporter on :9187,
+# with an empty DATA_SOURCE_NAME). The tests run their own exporter on a private port and
+# need neither, so they are stopped and disabled rather than left failing in the background.
+for service in prometheus-postgres-exporter prometheus; do
+  if systemctl is-enabled "$service" >/dev/null 2>&1; then
+    log "stopping and disabling the packaged $service service"
+    $SUDO systemctl disable --now "$service" >/dev/null 2>&1 ||
+      $SUDO systemctl disable "$service" >/dev/null 2>&1 || true
+  fi
+done
 
 # Debian's postgresql package starts a cluster on 5432; the project never uses it, and tests
 # start private clusters on their own ports, so nothing here depends on it running or not.

@@ -7,9 +7,14 @@
 #   3. unit tests                  pure Rust: planner, fetch rules, simulator (cargo test)
 #   4. pgrx tests                  SQL-level tests inside a throw-away cluster (cargo pgrx test)
 #   5. integration tests           pg_test/ against a real cluster with pg_cron and orders_sync
-#                                  preloaded and the reference simulator over loopback
+#                                  preloaded and the reference simulator over loopback (metrics.rs:
+#                                  the real prometheus-postgres-exporter scraped over loopback)
 #   6. chaos (short)               scripts/chaos.sh with about ten faults
-#   7. demo (short)                scripts/demo.sh, small, with its checks
+#   7. alert rules                 promtool check rules metrics/alerts.yaml
+#   8. Debian package              scripts/test_package.sh: build the .deb, apt-get install it in
+#                                  place of the dev install, CREATE / UPDATE from 0.1.0, apt-get
+#                                  remove leaves nothing, dev install restored (under the lock)
+#   9. demo (short)                scripts/demo.sh, small, with its checks
 #
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
 # Env: ORDERS_SYNC_WORK (scratch dir, default /var/tmp/orders_sync), ORDERS_SYNC_IT_PORT
@@ -121,6 +126,9 @@ step "integration tests" integration
 # lock itself, for as long as its cluster runs.
 step "chaos (short)" env CHAOS_TERMINATES=8 CHAOS_CRASHES=1 CHAOS_RESTARTS=1 CHAOS_STORES=6 CHAOS_DAYS=30 \
   CHAOS_PORT="$((it_port + 5))" ORDERS_SYNC_WORK="$work" bash scripts/chaos.sh
+step "alert rules (promtool)" promtool check rules metrics/alerts.yaml
+# test_package.sh takes $INSTALL_LOCK itself (it must release it while building the package).
+step "Debian package" env ORDERS_SYNC_WORK="$work" ORDERS_SYNC_PKG_PORT="$((it_port + 2))" bash scripts/test_package.sh
 step "demo (short)" locked demo_smoke
 
 passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')

@@ -95,20 +95,11 @@ COMMENT ON VIEW orders_sync.job_progress IS
     'Each queued, running or recently finished job: pages, rows, minutes since its last heartbeat, failed attempts at its window.';
 
 -- Per store + pipeline: the last successful day and how far behind today (in the pipeline's
--- time zone) it is.
+-- time zone) it is. Two index probes per store (ix_orders_sync_log_last_success,
+-- ix_orders_sync_log_store_recent), so the view stays cheap enough to scrape on 10,000
+-- stores with years of history (scripts/bench_metrics.sh). COLLATE "default": the log's
+-- store_code is not "C" like store_master's, and only a match in its collation uses its indexes.
 CREATE VIEW orders_sync.store_freshness AS
-WITH last_success AS (
-    SELECT l.pipeline_id, l.store_code, max(l.to_date) AS last_success_day
-    FROM orders_sync.orders_sync_log l
-    WHERE l.status = 'success'
-    GROUP BY l.pipeline_id, l.store_code
-),
-latest AS (
-    SELECT DISTINCT ON (l.pipeline_id, l.store_code)
-           l.pipeline_id, l.store_code, l.status, l.error_message, l.updated_at
-    FROM orders_sync.orders_sync_log l
-    ORDER BY l.pipeline_id, l.store_code, l.id DESC
-)
 SELECT p.code AS pipeline,
        s.store_code,
        s.cost_center,
@@ -126,8 +117,19 @@ SELECT p.code AS pipeline,
        lt.error_message AS last_error
 FROM orders_sync.store_master s
 JOIN orders_sync.pipelines p ON p.sync_group = s.sync_group AND p.enabled
-LEFT JOIN last_success ls ON ls.pipeline_id = p.id AND ls.store_code = s.store_code
-LEFT JOIN latest lt ON lt.pipeline_id = p.id AND lt.store_code = s.store_code
+LEFT JOIN LATERAL (
+    SELECT max(l.to_date) AS last_success_day
+    FROM orders_sync.orders_sync_log l
+    WHERE l.pipeline_id = p.id AND l.store_code = s.store_code COLLATE "default" AND l.status = 'success'
+) ls ON true
+LEFT JOIN LATERAL (
+    -- The latest attempt at any window of the store.
+    SELECT l.status, l.error_message, l.updated_at
+    FROM orders_sync.orders_sync_log l
+    WHERE l.store_code = s.store_code COLLATE "default" AND l.pipeline_id = p.id
+    ORDER BY l.created_at DESC, l.id DESC
+    LIMIT 1
+) lt ON true
 WHERE s.is_active AND s.start_date IS NOT NULL;
 
 COMMENT ON VIEW orders_sync.store_freshness IS
@@ -176,8 +178,15 @@ COMMENT ON VIEW orders_sync.stuck_candidates IS
 -- History pruning: log rows, jobs and runs older than `keep` go, except what the planner
 -- relies on. A success row is kept unless a newer success covers exactly the same window,
 -- so the days the planner sees as covered never change.
+-- pg_cron never prunes cron.job_run_details (one row per run, forever): the run details of
+-- orders_sync's own jobs (those named in orders_sync.schedules) older than `keep` go too,
+-- except what scheduler_health reads: each job's latest run, its latest success and every
+-- failure since then. And window_pages of interrupted windows that will never be retried
+-- (no queued or running job has the window, and today's plan with run_profiler's default
+-- parameters does not run it) go once their last page is a day old: a retry that
+-- does come later starts the window from its first page, which is safe, only slower.
 CREATE FUNCTION orders_sync.prune_history(keep interval DEFAULT '90 days')
-RETURNS TABLE (log_rows bigint, jobs bigint, runs bigint)
+RETURNS TABLE (log_rows bigint, jobs bigint, runs bigint, cron_runs bigint, window_pages bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -216,12 +225,70 @@ BEGIN
         RETURNING 1)
     SELECT count(*) INTO runs FROM removed;
 
+    -- pg_cron's row-level security limits a non-superuser to the runs of its own jobs; a
+    -- caller without USAGE on schema cron prunes none (scheduler_health needs the same).
+    cron_runs := 0;
+    IF pg_catalog.has_schema_privilege('cron', 'USAGE') THEN
+        WITH own AS (
+            SELECT c.jobid FROM cron.job c JOIN orders_sync.schedules s ON s.job_name = c.jobname
+        ),
+        last_success AS (
+            SELECT d.jobid, max(d.start_time) AS at
+            FROM cron.job_run_details d JOIN own USING (jobid)
+            WHERE d.status = 'succeeded'
+            GROUP BY d.jobid
+        ),
+        latest AS (
+            SELECT DISTINCT ON (d.jobid) d.runid
+            FROM cron.job_run_details d JOIN own USING (jobid)
+            ORDER BY d.jobid, d.start_time DESC NULLS LAST, d.runid DESC
+        ),
+        removed AS (
+            DELETE FROM cron.job_run_details d
+            USING own
+            WHERE d.jobid = own.jobid AND d.start_time < cutoff
+              AND d.runid NOT IN (SELECT runid FROM latest)
+              -- The latest success and every failure after it (failures_in_a_row).
+              AND NOT EXISTS (SELECT 1 FROM last_success ls
+                              WHERE ls.jobid = d.jobid
+                                AND (d.start_time = ls.at OR (d.start_time > ls.at AND d.status = 'failed')))
+              AND NOT (d.status = 'failed'
+                       AND NOT EXISTS (SELECT 1 FROM last_success ls WHERE ls.jobid = d.jobid))
+            RETURNING 1)
+        SELECT count(*) INTO cron_runs FROM removed;
+    END IF;
+
+    WITH planned AS (
+        SELECT pl.id AS pipeline_id, w.store_code COLLATE "C", w.from_date, w.to_date
+        FROM orders_sync.plan_sync_windows('prune') w
+        JOIN orders_sync.pipelines pl ON pl.code = w.pipeline_code
+        WHERE w.will_run
+    ),
+    abandoned AS (
+        SELECT p.pipeline_id, p.store_code, p.from_date, p.to_date
+        FROM orders_sync.window_pages p
+        GROUP BY p.pipeline_id, p.store_code, p.from_date, p.to_date
+        HAVING max(p.written_at) < now() - interval '1 day'
+        EXCEPT
+        SELECT j.pipeline_id, j.store_code, j.from_date, j.to_date
+        FROM orders_sync.sync_jobs j WHERE j.status IN ('queued', 'running')
+        EXCEPT
+        SELECT pipeline_id, store_code, from_date, to_date FROM planned
+    ),
+    removed AS (
+        DELETE FROM orders_sync.window_pages p
+        USING abandoned a
+        WHERE p.pipeline_id = a.pipeline_id AND p.store_code = a.store_code
+          AND p.from_date = a.from_date AND p.to_date = a.to_date
+        RETURNING 1)
+    SELECT count(*) INTO window_pages FROM removed;
+
     RETURN NEXT;
 END
 $$;
 
 COMMENT ON FUNCTION orders_sync.prune_history(interval) IS
-    'Removes log rows, jobs and runs older than keep; keeps the latest success of every window.';
+    'Removes log rows, jobs, runs and orders_sync''s pg_cron run details older than keep, and the pages of windows that will never be retried; keeps the latest success of every window and what scheduler_health reads.';
 
 -- Whether syncing has its engine (docs/design.md#healing): one row per component, `ok` or a
 -- state a monitoring query can alert on. The launcher's row reads pg_stat_activity and

@@ -217,6 +217,18 @@ CREATE INDEX ix_orders_sync_log_success
 ON orders_sync.orders_sync_log (pipeline_id, store_code, from_date, to_date)
 WHERE status = 'success';
 
+-- store_freshness (and the exporter's freshness metrics): each store's last successful day
+-- by one backward index probe.
+CREATE INDEX ix_orders_sync_log_last_success
+ON orders_sync.orders_sync_log (pipeline_id, store_code, to_date)
+WHERE status = 'success';
+
+-- stuck_candidates, reset_stuck_runs and the exporter's running-window metrics: the few
+-- `running` rows without scanning the whole log.
+CREATE INDEX ix_orders_sync_log_running
+ON orders_sync.orders_sync_log (pipeline_id)
+WHERE status = 'running';
+
 CREATE TRIGGER orders_sync_log_touch_updated_at
     BEFORE UPDATE ON orders_sync.orders_sync_log
     FOR EACH ROW EXECUTE FUNCTION orders_sync.touch_updated_at();

@@ -115,12 +115,18 @@ pub fn plan_store(
         }
     });
 
-    // Only reached with K = 0 and a success ending today: list the refresh, run it only if
-    // today is not covered (which, given the above, it is).
+    // Only reached with K = 0 and a success ending today. The seed's rule (003 §6) names the
+    // window by its exact dates: today runs again unless a success window is exactly
+    // (today, today); a multi-day success that merely covers today does not count.
     let today_date = date_of(today);
     if !plan.iter().any(|w| w.from <= today_date && today_date <= w.to) {
-        let covers_today = covered.iter().any(|&(lo, hi)| lo <= today && today <= hi);
-        plan.push(PlannedWindow { from: today_date, to: today_date, reason: Reason::Today, will_run: !covers_today });
+        let today_succeeded = successes.iter().any(|&(from, to)| from == today_date && to == today_date);
+        plan.push(PlannedWindow {
+            from: today_date,
+            to: today_date,
+            reason: Reason::Today,
+            will_run: !today_succeeded,
+        });
     }
     plan
 }
@@ -252,9 +258,17 @@ mod tests {
     }
 
     #[test]
-    fn zero_overlap_lists_todays_refresh_but_skips_it_when_today_succeeded() {
-        let plan = plan_store(d(1, 1), &[(d(1, 1), d(1, 9))], d(1, 9), policy(90, 0));
+    fn zero_overlap_skips_todays_refresh_only_after_an_exact_today_success() {
+        let plan = plan_store(d(1, 1), &[(d(1, 1), d(1, 8)), (d(1, 9), d(1, 9))], d(1, 9), policy(90, 0));
         assert_eq!(plan, vec![w(d(1, 9), d(1, 9), Reason::Today, false)]);
+    }
+
+    #[test]
+    fn zero_overlap_refetches_today_after_a_multi_day_window_that_succeeded_this_morning() {
+        // Seed 003 §6: "a success window" is (from, to) exactly; Jan 1..Jan 9 covering today
+        // is not a (today, today) success, so today is fetched once more.
+        let plan = plan_store(d(1, 1), &[(d(1, 1), d(1, 9))], d(1, 9), policy(90, 0));
+        assert_eq!(plan, vec![w(d(1, 9), d(1, 9), Reason::Today, true)]);
     }
 
     #[test]
@@ -415,7 +429,8 @@ mod tests {
             let clipped = merge_day_ranges(successes.iter().copied(), start, today);
             if let Some(&(_, last)) = clipped.last() {
                 let overlap_from = if k == 0 { last + 1 } else { last - i64::from(k) + 1 };
-                for window in plan.iter().filter(|w| w.will_run) {
+                // The today refresh is the seed's exception: it re-runs a covered today.
+                for window in plan.iter().filter(|w| w.will_run && w.reason != Reason::Today) {
                     let (from, to) = span(window);
                     for day in from..=to.min(overlap_from - 1) {
                         prop_assert!(
@@ -424,6 +439,16 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+
+        #[test]
+        fn today_refresh_runs_unless_today_today_succeeded((start, today, successes, n) in history().prop_map(|(s, t, w, n, _)| (s, t, w, n))) {
+            let plan = run(start, today, &successes, n, 0, false);
+            if start <= today {
+                let exact = successes.contains(&(today, today));
+                let runs_today = plan.iter().any(|w| w.will_run && span(w).0 <= today && today <= span(w).1);
+                prop_assert_eq!(runs_today, !exact, "{:?}", plan);
             }
         }
 

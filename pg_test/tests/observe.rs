@@ -157,6 +157,171 @@ fn prune_history_keeps_the_latest_success_of_every_window() {
     );
 }
 
+/// (state, last_run_at, last_status) of every registered schedule, as scheduler_health says.
+fn schedule_health(db: &mut Client) -> Vec<String> {
+    db.query(
+        "SELECT job_name || ' ' || state || ' ' || coalesce(last_run_at::text, '-') || ' ' || coalesce(last_status, '-')
+         FROM orders_sync.scheduler_health ORDER BY job_name",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|row| row.get(0))
+    .collect()
+}
+
+#[test]
+fn prune_history_prunes_its_own_cron_run_details_keeping_what_scheduler_health_reads() {
+    let mut db = connect();
+    ensure_extension(&mut db);
+    let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+    let yearly = "0 0 1 1 *";
+    let mut job = |name: &str| -> i64 {
+        db.query_one(
+            "SELECT orders_sync.schedule_profiler(schedule => $1, env => 'it', job_name => $2)",
+            &[&yearly, &name],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let (ok_job, failing_job) = (job("orders_sync_prune_ok"), job("orders_sync_prune_failing"));
+    let other_job: i64 = scalar(&mut db, "SELECT cron.schedule('not_orders_sync_prune', '0 0 1 1 *', 'SELECT 1')");
+    // pg_cron keeps one row per run forever: a year-old history for each job.
+    let runs = [
+        (ok_job, "succeeded", 200),
+        (ok_job, "failed", 180),
+        (ok_job, "succeeded", 150),
+        (ok_job, "succeeded", 100),
+        (failing_job, "succeeded", 200),
+        (failing_job, "succeeded", 150),
+        (failing_job, "failed", 140),
+        (failing_job, "failed", 120),
+        (other_job, "succeeded", 200),
+    ];
+    for (job_id, status, days_ago) in runs {
+        db.execute(
+            "INSERT INTO cron.job_run_details (jobid, job_pid, database, username, command, status, return_message, start_time, end_time)
+             VALUES ($1, 0, current_database(), current_user, 'SELECT 1', $2, $2, now() - $3::int * interval '1 day',
+                     now() - $3::int * interval '1 day')",
+            &[&job_id, &status, &days_ago],
+        )
+        .unwrap();
+    }
+    let health_before = schedule_health(&mut db);
+    assert!(health_before.iter().any(|h| h.starts_with("orders_sync_prune_failing failing")), "{health_before:?}");
+    let failures = |db: &mut Client| -> Vec<i32> {
+        db.query("SELECT failures_in_a_row FROM orders_sync.scheduled_job_runs() ORDER BY job_name", &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    let failures_before = failures(&mut db);
+
+    let cron_runs: i64 = scalar(&mut db, "SELECT cron_runs FROM orders_sync.prune_history('90 days')");
+    let left = |db: &mut Client, job_id: i64| -> Vec<String> {
+        db.query(
+            "SELECT status || ' ' || round(extract(epoch FROM now() - start_time) / 86400)
+             FROM cron.job_run_details WHERE jobid = $1 ORDER BY start_time",
+            &[&job_id],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+    };
+    assert_eq!(left(&mut db, ok_job), ["succeeded 100"], "only the latest run, which is the latest success");
+    assert_eq!(
+        left(&mut db, failing_job),
+        ["succeeded 150", "failed 140", "failed 120"],
+        "the latest success and every failure since"
+    );
+    assert_eq!(left(&mut db, other_job), ["succeeded 200"], "another tool's job is not orders_sync's to prune");
+    assert_eq!(cron_runs, 4);
+    assert_eq!(schedule_health(&mut db), health_before, "scheduler_health reads the same after pruning");
+    assert_eq!(failures(&mut db), failures_before);
+
+    db.execute("SELECT cron.unschedule($1::bigint)", &[&other_job]).unwrap();
+    db.execute("DELETE FROM cron.job_run_details WHERE jobid = $1", &[&other_job]).unwrap();
+    let _: i32 = scalar(&mut db, "SELECT orders_sync.unschedule_all()");
+}
+
+#[test]
+fn prune_history_drops_pages_of_windows_that_will_never_be_retried() {
+    let mut db = connect();
+    ensure_extension(&mut db);
+    // PRUNEP started two days ago and never synced: today's plan runs its one window.
+    db.batch_execute(
+        "INSERT INTO orders_sync.store_master (store_code, sync_group, start_date, is_active)
+         VALUES ('PRUNEP', 'TD', current_date - 2, true)
+         ON CONFLICT (store_code) DO UPDATE SET start_date = current_date - 2, is_active = true;
+         DELETE FROM orders_sync.orders_sync_log WHERE store_code = 'PRUNEP';
+         DELETE FROM orders_sync.window_pages WHERE store_code = 'PRUNEP';
+         DELETE FROM orders_sync.sync_jobs WHERE store_code = 'PRUNEP'",
+    )
+    .unwrap();
+    let planned: (String, String) = {
+        let row = db
+            .query_one(
+                "SELECT from_date::text, to_date::text FROM orders_sync.plan_sync_windows('it', store_code => 'PRUNEP')
+                 WHERE pipeline_code = 'td_orders_sync' AND will_run",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    // Pages two days old of: the planned window (kept), a window a running job is fetching
+    // (this session plays its live worker; kept), a window of an older plan nothing will retry (dropped); and a page written just
+    // now of another abandoned window (kept for a day).
+    let windows = [
+        (planned.0.as_str(), planned.1.as_str(), "2 days", true),
+        ("2025-02-01", "2025-02-10", "2 days", true),
+        ("2025-01-01", "2025-01-10", "2 days", false),
+        ("2025-03-01", "2025-03-10", "0 days", true),
+    ];
+    db.batch_execute(
+        "INSERT INTO orders_sync.pipeline_run_summaries (run_id, pipeline_name, run_env) VALUES ('prune-pages', 'x', 'test')
+         ON CONFLICT DO NOTHING;
+         INSERT INTO orders_sync.sync_jobs (run_id, pipeline_id, store_code, from_date, to_date, streams, status,
+                                            worker_pid, heartbeat_at)
+         SELECT 'prune-pages', id, 'PRUNEP', '2025-02-01', '2025-02-10', streams, 'running', pg_backend_pid(), now()
+         FROM orders_sync.pipelines WHERE code = 'td_orders_sync'",
+    )
+    .unwrap();
+    for (from, to, age, _) in windows {
+        db.execute(
+            "INSERT INTO orders_sync.window_pages (pipeline_id, store_code, from_date, to_date, stream, page_no,
+                                                   next_page_token, row_count, record_ids, written_at)
+             SELECT p.id, 'PRUNEP', $1::text::date, $2::text::date, s, n, 'cursor', 1, ARRAY['r' || n],
+                    now() - $3::text::interval
+             FROM orders_sync.pipelines p, unnest(ARRAY['orders', 'sales']) s, generate_series(1, 2) n
+             WHERE p.code = 'td_orders_sync'",
+            &[&from, &to, &age],
+        )
+        .unwrap();
+    }
+
+    let dropped: i64 = scalar(&mut db, "SELECT window_pages FROM orders_sync.prune_history('90 days')");
+    assert_eq!(dropped, 4, "the abandoned window's 2 streams x 2 pages");
+    for (from, to, _, kept) in windows {
+        let pages: i64 = db
+            .query_one(
+                "SELECT count(*) FROM orders_sync.window_pages
+                 WHERE store_code = 'PRUNEP' AND from_date = $1::text::date AND to_date = $2::text::date",
+                &[&from, &to],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(pages, if kept { 4 } else { 0 }, "{from}..{to}");
+    }
+    db.batch_execute(
+        "DELETE FROM orders_sync.sync_jobs WHERE run_id = 'prune-pages';
+         DELETE FROM orders_sync.window_pages WHERE store_code = 'PRUNEP';
+         UPDATE orders_sync.store_master SET is_active = false WHERE store_code = 'PRUNEP'",
+    )
+    .unwrap();
+}
+
 /// A run, a job and its `running` log row for `store`, as a worker with process id
 /// `worker_pid` would leave them after two hours without a heartbeat. (The launcher also
 /// fails jobs whose worker process is gone, so tests assert end states, not who reset them.)

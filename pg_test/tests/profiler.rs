@@ -424,7 +424,7 @@ fn run_profiler_from_a_pg_cron_job_starts_a_run() {
 }
 
 #[test]
-fn shell_wrapper_maps_flags_onto_run_profiler() {
+fn shell_wrapper_maps_flags_onto_run_profiler_and_tells_partial_from_success_by_exit_code() {
     let _guard = exclusive();
     let sim = Simulator::start(&["--rows-per-day", "1"]);
     let all = stores("PW", 1, 1);
@@ -442,12 +442,16 @@ fn shell_wrapper_maps_flags_onto_run_profiler() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("--sync-group") && out.contains("--max-workers"), "{out}");
+    assert!(out.contains("2  with --wait: the run ended partial"), "--help documents the exit codes: {out}");
     let (code, _, err) = run(&["--env", "x", "--bogus"]);
-    assert_eq!(code, Some(2));
+    assert_eq!(code, Some(3), "bad command line");
     assert!(err.contains("--bogus"), "{err}");
     let (code, _, err) = run(&["--env"]);
-    assert_eq!(code, Some(2));
+    assert_eq!(code, Some(3), "bad command line");
     assert!(err.contains("--env"), "{err}");
+    // Nothing listens on port 1: a connection error, not a failed run.
+    let (code, _, err) = run(&["--dsn", "host=127.0.0.1 port=1 connect_timeout=5", "--env", "x", "--wait"]);
+    assert_eq!(code, Some(4), "{err}");
 
     let (code, out, err) = run(&[
         "--dsn",
@@ -477,14 +481,21 @@ fn shell_wrapper_maps_flags_onto_run_profiler() {
     assert_eq!(parameters, "120/2");
     // Quotes in a value are data, not SQL.
     let (code, _, err) = run(&["--dsn", &dsn(), "--env", "x'; DROP TABLE orders_sync.records; --"]);
-    assert_ne!(code, Some(0));
+    assert_eq!(code, Some(5), "the database refused the call");
     assert!(err.contains("env"), "{err}");
 
-    // A failed run makes --wait exit non-zero.
+    // A partial run (TD's sales stream fails after its orders) exits 2, not 0...
+    sim.control("/_control/faults", json!({"store": "PWT00", "stream": "sales", "kind": "status", "status": 503}));
+    let (code, out, err) = run(&["--dsn", &dsn(), "--env", "itwrap", "--force", "--as-of", AS_OF, "--wait"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(out.contains("status: partial"), "{out}");
+    sim.clear_faults();
+
+    // ...and a failed run exits 1.
     sim.control("/_control/faults", json!({"store": "PWU00", "kind": "status", "status": 404}));
     let (code, out, err) = run(&["--dsn", &dsn(), "--env", "itwrap", "--force", "--as-of", AS_OF, "--wait"]);
     assert_eq!(code, Some(1), "{out}{err}");
-    assert!(out.contains("failed"), "{out}");
+    assert!(out.contains("status: failed"), "{out}");
 }
 
 #[test]

@@ -109,16 +109,16 @@ mod tests {
     }
 
     #[pg_test]
-    fn zero_overlap_lists_todays_refresh_without_running_it() {
+    fn zero_overlap_refetches_today_after_a_multi_day_success_ending_today() {
+        // Seed 003 §6: only an exact (today, today) success window suppresses the refresh.
         store("S001", "TD", "2026-01-01");
         log("r1", "td_orders_sync", "S001", "2026-01-01", "2026-01-20", "success");
-        assert_eq!(
-            plan(
-                "SELECT pipeline_code, store_code, to_char(from_date, 'YYYY-MM-DD'), to_char(to_date, 'YYYY-MM-DD'), reason, will_run
-                 FROM orders_sync.plan_sync_windows('test', overlap_days => 0, as_of => '2026-01-20')"
-            ),
-            ["td_orders_sync S001 2026-01-20..2026-01-20 today (skip)"]
-        );
+        let query = "SELECT pipeline_code, store_code, to_char(from_date, 'YYYY-MM-DD'), to_char(to_date, 'YYYY-MM-DD'), reason, will_run
+                     FROM orders_sync.plan_sync_windows('test', overlap_days => 0, as_of => '2026-01-20')";
+        assert_eq!(plan(query), ["td_orders_sync S001 2026-01-20..2026-01-20 today"]);
+
+        log("r2", "td_orders_sync", "S001", "2026-01-20", "2026-01-20", "success");
+        assert_eq!(plan(query), ["td_orders_sync S001 2026-01-20..2026-01-20 today (skip)"]);
     }
 
     #[pg_test]

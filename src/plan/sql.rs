@@ -236,7 +236,14 @@ fn load_selection(
                         return Err(unexpected_null("from_date or to_date"));
                     };
                     let pairs = from.iter().zip(to).map(|(&f, &t)| (i64::from(f), i64::from(t)));
-                    merge_day_ranges(pairs, clock::pg_epoch_days(start_date), clock::pg_epoch_days(today))
+                    let today_days = clock::pg_epoch_days(today);
+                    let mut covered = merge_day_ranges(pairs.clone(), clock::pg_epoch_days(start_date), today_days);
+                    // Merging forgets window boundaries, but the today refresh depends on an
+                    // exact (today, today) success (seed 003 §6): hand that one over as well.
+                    if pairs.clone().any(|pair| pair == (today_days, today_days)) {
+                        covered.push((today_days, today_days));
+                    }
+                    covered
                 }
                 _ => Vec::new(),
             };
