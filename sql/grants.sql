@@ -14,6 +14,7 @@ GRANT SELECT ON
     orders_sync.store_master,
     orders_sync.pipeline_run_summaries,
     orders_sync.orders_sync_log,
+    orders_sync.store_sync_state,
     orders_sync.records,
     orders_sync.kpi_facts_daily,
     orders_sync.td_orders,

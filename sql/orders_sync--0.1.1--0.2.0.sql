@@ -686,3 +686,126 @@ LEFT JOIN LATERAL (
     LIMIT 1
 ) lt ON true
 WHERE s.is_active AND s.start_date IS NOT NULL;
+
+-- Issue 16, within the scrape target: store_freshness reads store_sync_state, one row per
+-- store and pipeline kept from the log by statement triggers, instead of probing the log
+-- twice per store. Filled here from the log as it is.
+------------------------------------------------------------------------------------------
+-- store_sync_state: each store's freshness per pipeline (last successful day, latest attempt),
+-- kept by statement triggers on the log, so that store_freshness and the exporter's scrape
+-- read one row per store instead of probing the log twice per store. Derived data: never
+-- dumped (a restore rebuilds it from the log's rows), emptied with the log.
+------------------------------------------------------------------------------------------
+CREATE TABLE orders_sync.store_sync_state (
+    pipeline_id      BIGINT NOT NULL,
+    store_code       VARCHAR(8) COLLATE "C" NOT NULL,
+    last_success_day DATE,
+    last_status      VARCHAR(16) NOT NULL,
+    last_error       TEXT,
+    last_attempt_at  TIMESTAMPTZ NOT NULL,
+    CONSTRAINT store_sync_state_pkey PRIMARY KEY (pipeline_id, store_code)
+);
+
+COMMENT ON TABLE orders_sync.store_sync_state IS
+    'Per pipeline and store, from orders_sync_log: last successful day and the latest attempt. Kept by triggers; read by store_freshness.';
+
+-- Recomputes the state of the (pipeline, store) pairs a statement on the log touched, from
+-- the log itself (two index probes a pair), so it stays exact whatever the statement did.
+CREATE FUNCTION orders_sync.store_sync_state_refresh() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_pipelines bigint[];
+    v_stores    text[];
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        TRUNCATE orders_sync.store_sync_state;
+        RETURN NULL;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(k.pipeline_id), array_agg(k.store_code) INTO v_pipelines, v_stores
+        FROM (SELECT DISTINCT pipeline_id, store_code::text AS store_code FROM gone_rows) k;
+    ELSE
+        SELECT array_agg(k.pipeline_id), array_agg(k.store_code) INTO v_pipelines, v_stores
+        FROM (SELECT DISTINCT pipeline_id, store_code::text AS store_code FROM written_rows) k;
+    END IF;
+    IF v_pipelines IS NULL THEN
+        RETURN NULL;
+    END IF;
+    DELETE FROM orders_sync.store_sync_state s
+    USING unnest(v_pipelines, v_stores) AS k(pipeline_id, store_code)
+    WHERE s.pipeline_id = k.pipeline_id AND s.store_code = k.store_code COLLATE "C";
+    INSERT INTO orders_sync.store_sync_state
+        (pipeline_id, store_code, last_success_day, last_status, last_error, last_attempt_at)
+    SELECT k.pipeline_id, k.store_code, ls.last_success_day, lt.status, lt.error_message, lt.updated_at
+    FROM unnest(v_pipelines, v_stores) AS k(pipeline_id, store_code)
+    JOIN LATERAL (
+        SELECT l.status, l.error_message, l.updated_at
+        FROM orders_sync.orders_sync_log l
+        WHERE l.pipeline_id = k.pipeline_id AND l.store_code = k.store_code
+        ORDER BY l.created_at DESC, l.id DESC
+        LIMIT 1
+    ) lt ON true
+    LEFT JOIN LATERAL (
+        SELECT max(l.to_date) AS last_success_day
+        FROM orders_sync.orders_sync_log l
+        WHERE l.pipeline_id = k.pipeline_id AND l.store_code = k.store_code AND l.status = 'success'
+    ) ls ON true;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER orders_sync_log_state_insert
+    AFTER INSERT ON orders_sync.orders_sync_log REFERENCING NEW TABLE AS written_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION orders_sync.store_sync_state_refresh();
+CREATE TRIGGER orders_sync_log_state_update
+    AFTER UPDATE ON orders_sync.orders_sync_log REFERENCING NEW TABLE AS written_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION orders_sync.store_sync_state_refresh();
+CREATE TRIGGER orders_sync_log_state_delete
+    AFTER DELETE ON orders_sync.orders_sync_log REFERENCING OLD TABLE AS gone_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION orders_sync.store_sync_state_refresh();
+CREATE TRIGGER orders_sync_log_state_truncate
+    AFTER TRUNCATE ON orders_sync.orders_sync_log
+    FOR EACH STATEMENT EXECUTE FUNCTION orders_sync.store_sync_state_refresh();
+
+INSERT INTO orders_sync.store_sync_state
+    (pipeline_id, store_code, last_success_day, last_status, last_error, last_attempt_at)
+SELECT k.pipeline_id, k.store_code, ls.last_success_day, lt.status, lt.error_message, lt.updated_at
+FROM (SELECT DISTINCT pipeline_id, store_code::text AS store_code FROM orders_sync.orders_sync_log) k
+JOIN LATERAL (
+    SELECT l.status, l.error_message, l.updated_at
+    FROM orders_sync.orders_sync_log l
+    WHERE l.pipeline_id = k.pipeline_id AND l.store_code = k.store_code
+    ORDER BY l.created_at DESC, l.id DESC
+    LIMIT 1
+) lt ON true
+LEFT JOIN LATERAL (
+    SELECT max(l.to_date) AS last_success_day
+    FROM orders_sync.orders_sync_log l
+    WHERE l.pipeline_id = k.pipeline_id AND l.store_code = k.store_code AND l.status = 'success'
+) ls ON true;
+
+GRANT SELECT ON orders_sync.store_sync_state TO orders_sync_monitor;
+REVOKE ALL ON FUNCTION orders_sync.store_sync_state_refresh() FROM PUBLIC;
+
+CREATE OR REPLACE VIEW orders_sync.store_freshness AS
+SELECT p.code AS pipeline,
+       s.store_code,
+       s.cost_center,
+       s.start_date,
+       st.last_success_day,
+       (now() AT TIME ZONE p.timezone)::date - st.last_success_day AS lag_days,
+       CASE
+           WHEN st.last_status IN ('failed', 'partial') THEN 'failing'
+           WHEN st.last_success_day IS NULL THEN 'never_synced'
+           WHEN (now() AT TIME ZONE p.timezone)::date - st.last_success_day > 1 THEN 'lagging'
+           ELSE 'fresh'
+       END AS state,
+       st.last_status,
+       st.last_attempt_at,
+       st.last_error
+FROM orders_sync.store_master s
+JOIN orders_sync.pipelines p ON p.sync_group = s.sync_group AND p.enabled
+-- One row per store and pipeline, kept from the log by its triggers (sql/schema.sql).
+LEFT JOIN orders_sync.store_sync_state st ON st.pipeline_id = p.id AND st.store_code = s.store_code
+WHERE s.is_active AND s.start_date IS NOT NULL;

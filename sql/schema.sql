@@ -234,6 +234,84 @@ CREATE TRIGGER orders_sync_log_touch_updated_at
     FOR EACH ROW EXECUTE FUNCTION orders_sync.touch_updated_at();
 
 ------------------------------------------------------------------------------------------
+-- store_sync_state: each store's freshness per pipeline (last successful day, latest attempt),
+-- kept by statement triggers on the log, so that store_freshness and the exporter's scrape
+-- read one row per store instead of probing the log twice per store. Derived data: never
+-- dumped (a restore rebuilds it from the log's rows), emptied with the log.
+------------------------------------------------------------------------------------------
+CREATE TABLE orders_sync.store_sync_state (
+    pipeline_id      BIGINT NOT NULL,
+    store_code       VARCHAR(8) COLLATE "C" NOT NULL,
+    last_success_day DATE,
+    last_status      VARCHAR(16) NOT NULL,
+    last_error       TEXT,
+    last_attempt_at  TIMESTAMPTZ NOT NULL,
+    CONSTRAINT store_sync_state_pkey PRIMARY KEY (pipeline_id, store_code)
+);
+
+COMMENT ON TABLE orders_sync.store_sync_state IS
+    'Per pipeline and store, from orders_sync_log: last successful day and the latest attempt. Kept by triggers; read by store_freshness.';
+
+-- Recomputes the state of the (pipeline, store) pairs a statement on the log touched, from
+-- the log itself (two index probes a pair), so it stays exact whatever the statement did.
+CREATE FUNCTION orders_sync.store_sync_state_refresh() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_pipelines bigint[];
+    v_stores    text[];
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        TRUNCATE orders_sync.store_sync_state;
+        RETURN NULL;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(k.pipeline_id), array_agg(k.store_code) INTO v_pipelines, v_stores
+        FROM (SELECT DISTINCT pipeline_id, store_code::text AS store_code FROM gone_rows) k;
+    ELSE
+        SELECT array_agg(k.pipeline_id), array_agg(k.store_code) INTO v_pipelines, v_stores
+        FROM (SELECT DISTINCT pipeline_id, store_code::text AS store_code FROM written_rows) k;
+    END IF;
+    IF v_pipelines IS NULL THEN
+        RETURN NULL;
+    END IF;
+    DELETE FROM orders_sync.store_sync_state s
+    USING unnest(v_pipelines, v_stores) AS k(pipeline_id, store_code)
+    WHERE s.pipeline_id = k.pipeline_id AND s.store_code = k.store_code COLLATE "C";
+    INSERT INTO orders_sync.store_sync_state
+        (pipeline_id, store_code, last_success_day, last_status, last_error, last_attempt_at)
+    SELECT k.pipeline_id, k.store_code, ls.last_success_day, lt.status, lt.error_message, lt.updated_at
+    FROM unnest(v_pipelines, v_stores) AS k(pipeline_id, store_code)
+    JOIN LATERAL (
+        SELECT l.status, l.error_message, l.updated_at
+        FROM orders_sync.orders_sync_log l
+        WHERE l.pipeline_id = k.pipeline_id AND l.store_code = k.store_code
+        ORDER BY l.created_at DESC, l.id DESC
+        LIMIT 1
+    ) lt ON true
+    LEFT JOIN LATERAL (
+        SELECT max(l.to_date) AS last_success_day
+        FROM orders_sync.orders_sync_log l
+        WHERE l.pipeline_id = k.pipeline_id AND l.store_code = k.store_code AND l.status = 'success'
+    ) ls ON true;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER orders_sync_log_state_insert
+    AFTER INSERT ON orders_sync.orders_sync_log REFERENCING NEW TABLE AS written_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION orders_sync.store_sync_state_refresh();
+CREATE TRIGGER orders_sync_log_state_update
+    AFTER UPDATE ON orders_sync.orders_sync_log REFERENCING NEW TABLE AS written_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION orders_sync.store_sync_state_refresh();
+CREATE TRIGGER orders_sync_log_state_delete
+    AFTER DELETE ON orders_sync.orders_sync_log REFERENCING OLD TABLE AS gone_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION orders_sync.store_sync_state_refresh();
+CREATE TRIGGER orders_sync_log_state_truncate
+    AFTER TRUNCATE ON orders_sync.orders_sync_log
+    FOR EACH STATEMENT EXECUTE FUNCTION orders_sync.store_sync_state_refresh();
+
+------------------------------------------------------------------------------------------
 -- Synced records, keyed on their natural key. Key columns are COLLATE "C": the keyed
 -- upsert is bound by this index and "C" comparisons are markedly cheaper. No foreign key
 -- to pipelines on purpose: a per-row RI check would dominate bulk writes.
