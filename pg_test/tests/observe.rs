@@ -487,3 +487,53 @@ fn a_terminated_worker_resumes_from_its_cursor_without_loss_or_duplicates() {
     );
     assert_eq!(attempt, 2);
 }
+
+/// store_freshness reads store_sync_state, which the log's triggers keep: whatever a statement
+/// does to the log (a new attempt, a status change, rows deleted by hand or by pruning), the
+/// state equals what the log says.
+#[test]
+fn store_freshness_follows_every_change_to_the_log() {
+    let mut db = connect();
+    ensure_extension(&mut db);
+    db.batch_execute(
+        "INSERT INTO orders_sync.store_master (store_code, cost_center, sync_group, start_date)
+         VALUES ('FRESH1', 'CC01', 'UC', '2026-01-01') ON CONFLICT (store_code) DO NOTHING;
+         INSERT INTO orders_sync.pipeline_run_summaries (run_id, pipeline_name, run_env)
+         VALUES ('fresh-a', 'it', 'it'), ('fresh-b', 'it', 'it');
+         INSERT INTO orders_sync.orders_sync_log (pipeline_id, run_id, run_env, store_code, from_date, to_date, status, created_at)
+         SELECT id, 'fresh-a', 'it', 'FRESH1', '2026-01-01', '2026-01-05', 'success', now() - interval '1 hour'
+         FROM orders_sync.pipelines WHERE code = 'uc_orders_sync';",
+    )
+    .unwrap();
+    let freshness = |db: &mut Client| -> (String, Option<String>, Option<String>) {
+        let row = db
+            .query_one(
+                "SELECT state, last_success_day::text, last_status::text FROM orders_sync.store_freshness
+                 WHERE store_code = 'FRESH1' AND pipeline = 'uc_orders_sync'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    let day = |d: &str| Some(d.to_string());
+    assert_eq!(freshness(&mut db), ("lagging".into(), day("2026-01-05"), day("success")));
+    // A newer attempt starts, then fails: the store is failing, its last success unchanged.
+    db.batch_execute(
+        "INSERT INTO orders_sync.orders_sync_log (pipeline_id, run_id, run_env, store_code, from_date, to_date, status)
+         SELECT id, 'fresh-b', 'it', 'FRESH1', '2026-01-06', '2026-01-08', 'running'
+         FROM orders_sync.pipelines WHERE code = 'uc_orders_sync'",
+    )
+    .unwrap();
+    assert_eq!(freshness(&mut db), ("lagging".into(), day("2026-01-05"), day("running")));
+    db.batch_execute("UPDATE orders_sync.orders_sync_log SET status = 'failed' WHERE run_id = 'fresh-b'").unwrap();
+    assert_eq!(freshness(&mut db), ("failing".into(), day("2026-01-05"), day("failed")));
+    // ... then succeeds on a second look: a later last day.
+    db.batch_execute("UPDATE orders_sync.orders_sync_log SET status = 'success' WHERE run_id = 'fresh-b'").unwrap();
+    assert_eq!(freshness(&mut db), ("lagging".into(), day("2026-01-08"), day("success")));
+    // Rows deleted by hand: the state follows what is left, down to nothing.
+    db.batch_execute("DELETE FROM orders_sync.orders_sync_log WHERE run_id = 'fresh-b'").unwrap();
+    assert_eq!(freshness(&mut db), ("lagging".into(), day("2026-01-05"), day("success")));
+    db.batch_execute("DELETE FROM orders_sync.orders_sync_log WHERE run_id = 'fresh-a'").unwrap();
+    assert_eq!(freshness(&mut db), ("never_synced".into(), None, None));
+    db.batch_execute("DELETE FROM orders_sync.pipeline_run_summaries WHERE run_id IN ('fresh-a', 'fresh-b')").unwrap();
+}
