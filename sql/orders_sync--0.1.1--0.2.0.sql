@@ -809,3 +809,6 @@ JOIN orders_sync.pipelines p ON p.sync_group = s.sync_group AND p.enabled
 -- One row per store and pipeline, kept from the log by its triggers (sql/schema.sql).
 LEFT JOIN orders_sync.store_sync_state st ON st.pipeline_id = p.id AND st.store_code = s.store_code
 WHERE s.is_active AND s.start_date IS NOT NULL;
+
+-- A log row's job by index (stuck_candidates, reset_stuck_runs, the exporter's running windows).
+CREATE INDEX ix_sync_jobs_log ON orders_sync.sync_jobs (log_id);

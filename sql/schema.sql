@@ -412,6 +412,9 @@ CREATE INDEX ix_sync_jobs_run ON orders_sync.sync_jobs (run_id, status);
 -- Whether a store has a running job: asked for every dispatch decision (a store runs one
 -- window at a time). Partial, so it stays as small as the number of running jobs.
 CREATE INDEX ix_sync_jobs_running ON orders_sync.sync_jobs (store_code) WHERE status = 'running';
+-- A log row's job (stuck_candidates, reset_stuck_runs, the exporter's running windows): without
+-- it, finding the jobs of a few running windows reads every job.
+CREATE INDEX ix_sync_jobs_log ON orders_sync.sync_jobs (log_id);
 
 CREATE TRIGGER sync_jobs_touch_updated_at
     BEFORE UPDATE ON orders_sync.sync_jobs
