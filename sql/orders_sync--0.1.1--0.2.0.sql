@@ -732,6 +732,13 @@ BEGIN
     IF v_pipelines IS NULL THEN
         RETURN NULL;
     END IF;
+    -- One statement at a time per pair, in a fixed order (no deadlock between two statements
+    -- over many pairs): the recomputation below then starts after any other writer of the
+    -- pair has committed, and sees its rows.
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('orders_sync.store_sync_state'),
+                                             pg_catalog.hashtext(k.pipeline_id || '/' || k.store_code))
+    FROM unnest(v_pipelines, v_stores) AS k(pipeline_id, store_code)
+    ORDER BY k.pipeline_id, k.store_code;
     DELETE FROM orders_sync.store_sync_state s
     USING unnest(v_pipelines, v_stores) AS k(pipeline_id, store_code)
     WHERE s.pipeline_id = k.pipeline_id AND s.store_code = k.store_code COLLATE "C";

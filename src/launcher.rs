@@ -195,6 +195,10 @@ pub extern "C-unwind" fn orders_sync_job_worker(argument: pg_sys::Datum) {
     let Some(JobRequest { mut job_id, mut store_code }) = bgw::start_dynamic::<JobRequest>(argument) else {
         return;
     };
+    if in_transaction_or_log("report in", || queue::report_in(job_id)) != Some(true) {
+        log!("orders_sync: job {job_id} was no longer handed to this worker when it started; leaving it");
+        return;
+    }
     // The store's previous worker may still be releasing the store lock after committing
     // its window; wait for it briefly instead of failing the job as "busy". Session advisory
     // locks nest, so run_job's own try-lock then succeeds; the lock is held across the

@@ -134,7 +134,7 @@ pub fn fail_unstarted_job(job_id: i64, message: &str) -> SpiResult<()> {
     Spi::run_with_args(
         "UPDATE orders_sync.sync_jobs
          SET status = 'failed', error_message = $2, finished_at = now()
-         WHERE id = $1",
+         WHERE id = $1 AND status IN ('queued', 'running')",
         &[job_id.into(), message.into()],
     )
 }
@@ -152,7 +152,11 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
                     FROM orders_sync.sync_jobs j
                     JOIN orders_sync.pipeline_run_summaries r ON r.run_id = j.run_id
                     LEFT JOIN orders_sync.store_master s ON s.store_code = j.store_code
-                    WHERE j.id = $1
+                    -- Only a job still handed to this worker (queued for sync_window, claimed
+                    -- by the launcher or by this worker): one that was failed as dead while its
+                    -- worker was starting is not brought back to life.
+                    WHERE j.id = $1 AND j.status IN ('queued', 'running')
+                      AND (j.worker_pid IS NULL OR j.worker_pid = pg_backend_pid())
                 ),
                 logged AS (
                     INSERT INTO orders_sync.orders_sync_log
@@ -413,14 +417,37 @@ pub fn claim(claimant: &Claimant<'_>, profiler_pipeline: &str) -> SpiResult<Vec<
     }
     let ids: Vec<i64> = chosen.iter().map(|c| c.job_id).collect();
     let by_worker = matches!(claimant, Claimant::Worker { .. });
-    Spi::run_with_args(
-        "UPDATE orders_sync.sync_jobs
-         SET status = 'running', worker_pid = CASE WHEN $2 THEN pg_backend_pid() END,
-             started_at = now(), heartbeat_at = now()
-         WHERE id = ANY ($1) AND status = 'queued'",
-        &[ids.into(), by_worker.into()],
-    )?;
-    Ok(chosen)
+    // Only the jobs this statement claimed: one that left `queued` meanwhile is not handed out.
+    let claimed: Vec<i64> = Spi::connect_mut(|client| {
+        let table = client.update(
+            "UPDATE orders_sync.sync_jobs
+             SET status = 'running', worker_pid = CASE WHEN $2 THEN pg_backend_pid() END,
+                 started_at = now(), heartbeat_at = now()
+             WHERE id = ANY ($1) AND status = 'queued'
+             RETURNING id",
+            None,
+            &[ids.into(), by_worker.into()],
+        )?;
+        let mut claimed = Vec::with_capacity(table.len());
+        for row in table {
+            claimed.push(row.get::<i64>(1)?.unwrap_or_default());
+        }
+        Ok::<_, pgrx::spi::Error>(claimed)
+    })?;
+    Ok(chosen.into_iter().filter(|c| claimed.contains(&c.job_id)).collect())
+}
+
+/// A job worker reports in as soon as it starts, before it waits for its store's lock: from
+/// then on its claim is judged by its process, not by the launcher that made it. False when
+/// the claim was failed as dead meanwhile; the worker then leaves it alone.
+pub fn report_in(job_id: i64) -> SpiResult<bool> {
+    Ok(first_i64(
+        "UPDATE orders_sync.sync_jobs SET worker_pid = pg_backend_pid(), heartbeat_at = now()
+         WHERE id = $1 AND status = 'running' AND (worker_pid IS NULL OR worker_pid = pg_backend_pid())
+         RETURNING id",
+        &[job_id.into()],
+    )?
+    .is_some())
 }
 
 /// Gives a claimed job back to the queue when no worker could be started for it.

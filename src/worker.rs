@@ -194,6 +194,10 @@ fn pull_stream(
             scope.spawn(move || {
                 let mut guard =
                     PageGuard::new(attempt.bounds, std::time::Instant::now(), first_page_no, first_token.as_deref());
+                if let Err(hit) = guard.may_start(first_page_no) {
+                    let _ = pages.send((first_page_no, Err(FetchError::Bound(hit))));
+                    return;
+                }
                 let mut page_no = first_page_no;
                 let mut token = first_token;
                 loop {

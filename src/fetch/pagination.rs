@@ -50,6 +50,15 @@ impl PageGuard {
         PageGuard { bounds, started, seen }
     }
 
+    /// Whether the attempt may fetch its first page at all: one resumed past the page limit
+    /// (an earlier attempt stopped there) fails at once instead of fetching one page more.
+    pub fn may_start(&self, first_page_no: i32) -> Result<(), BoundHit> {
+        if i64::from(first_page_no) > i64::from(self.bounds.max_pages) {
+            return Err(BoundHit::Pages { page_no: first_page_no - 1, max_pages: self.bounds.max_pages });
+        }
+        Ok(())
+    }
+
     /// Whether page `page_no`, which returned `next_token`, may be followed by the next page.
     pub fn follow(&mut self, page_no: i32, next_token: &str, now: Instant) -> Result<(), BoundHit> {
         if let Some(first_page_no) = self.seen.get(next_token) {
@@ -98,6 +107,14 @@ mod tests {
         let hit = guard.follow(3, "p3", start).unwrap_err();
         assert_eq!(hit, BoundHit::Pages { page_no: 3, max_pages: 3 });
         assert!(hit.to_string().contains("limit of 3 pages per window"), "{hit}");
+    }
+
+    #[test]
+    fn an_attempt_resumed_past_the_page_limit_fetches_nothing() {
+        let bounds = PageBounds { max_pages: 3, ..GENEROUS };
+        let guard = PageGuard::new(bounds, Instant::now(), 4, Some("p3"));
+        assert_eq!(guard.may_start(4), Err(BoundHit::Pages { page_no: 3, max_pages: 3 }));
+        assert_eq!(PageGuard::new(bounds, Instant::now(), 3, Some("p2")).may_start(3), Ok(()));
     }
 
     #[test]
