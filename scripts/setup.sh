@@ -2,7 +2,22 @@
 # One-time machine setup for orders_sync on Debian 12 (bookworm) with PostgreSQL $PG_MAJOR
 # (scripts/pg_env.sh).
 # Idempotent: every step checks first, so a second run takes seconds.
+#
+#   scripts/setup.sh [--with-citus]
+#
+# --with-citus also builds and installs Citus (the scale-out tests and scripts/bench_citus.sh
+# need it) from ../shared/vendor/citus-*.tar.gz (or $ORDERS_SYNC_CITUS_TARBALL) when the
+# server does not have that version yet. Debian's archive has no Citus package; a DBA installs
+# Citus's own packages (postgresql-15-citus-13.2) instead.
 set -euo pipefail
+
+with_citus=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-citus) with_citus=1 ;;
+    *) echo "setup: unknown argument '$arg' (known: --with-citus)" >&2; exit 2 ;;
+  esac
+done
 
 # shellcheck source=pg_env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/pg_env.sh"
@@ -19,6 +34,7 @@ APT_PACKAGES=(
   prometheus-postgres-exporter        # metrics/queries.yaml is tested against the real exporter
   prometheus                          # promtool checks metrics/alerts.yaml
   python3-yaml                        # scripts/bench_metrics.sh reads metrics/queries.yaml
+  linux-perf                          # perf: where the benchmarks' time goes (docs/design.md#writing)
 )
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -85,6 +101,10 @@ if grep -qs "pg${PG_MAJOR} = \"${PG_CONFIG}\"" "${PGRX_HOME}/config.toml"; then
 else
   log "cargo pgrx init --pg${PG_MAJOR} ${PG_CONFIG}"
   cargo pgrx init --pg${PG_MAJOR} "${PG_CONFIG}"
+fi
+
+if [ "$with_citus" = 1 ]; then
+  bash "$(dirname "${BASH_SOURCE[0]}")/setup_citus.sh"
 fi
 
 # `cargo pgrx install` writes into the server's lib and extension directories.

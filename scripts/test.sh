@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # THE test command of orders_sync (also what CI runs through .ci/run).
 #
-#   1. scripts/setup.sh            machine setup, fast when already done
+#   1. scripts/setup.sh --with-citus  machine setup, fast when already done (the first time it
+#                                  builds Citus from ../shared/vendor: 2-3 minutes on 2 cores)
 #   2. lints                       cargo fmt --check, clippy -D warnings (every crate, every
 #                                  target), shellcheck of scripts/*.sh and .ci/run
 #   3. unit tests                  pure Rust: planner, fetch rules, simulator (cargo test)
 #   4. pgrx tests                  SQL-level tests inside a throw-away cluster (cargo pgrx test)
 #   5. integration tests           pg_test/ against a real cluster with pg_cron and orders_sync
 #                                  preloaded and the reference simulator over loopback (metrics.rs:
-#                                  the real prometheus-postgres-exporter scraped over loopback)
+#                                  the real prometheus-postgres-exporter scraped over loopback;
+#                                  citus.rs: a Citus coordinator and three workers of its own)
 #   6. chaos (short)               scripts/chaos.sh with about ten faults
 #   7. alert rules                 promtool check rules metrics/alerts.yaml
 #   8. Debian package              scripts/test_package.sh: build the .deb, apt-get install it in
@@ -20,7 +22,8 @@
 # Env: ORDERS_SYNC_WORK (scratch dir, default /var/tmp/orders_sync), ORDERS_SYNC_IT_PORT
 #      (the test cluster's port; tests that need clusters of their own, a replica or a restore
 #      target, use the next few ports),
-#      ORDERS_SYNC_ONLY (run only the steps whose name contains it, e.g. "integration"),
+#      ORDERS_SYNC_ONLY (run only the steps whose name contains one of its comma-separated
+#      parts, e.g. "build simulator,integration"),
 #      ORDERS_SYNC_IT_ARGS (extra cargo test arguments for the integration step, e.g.
 #      "--test schedules").
 set -uo pipefail
@@ -34,7 +37,7 @@ it_db=orders_sync_it
 target="${CARGO_TARGET_DIR:-$repo/target}"
 log="$work/test-output.log"
 
-bash scripts/setup.sh || { echo "test.sh: setup failed" >&2; exit 1; }
+bash scripts/setup.sh --with-citus || { echo "test.sh: setup failed" >&2; exit 1; }
 # shellcheck source=pg_env.sh
 source scripts/pg_env.sh
 mkdir -p "$work"
@@ -47,8 +50,14 @@ only="${ORDERS_SYNC_ONLY:-}"
 step() {
   local name="$1"
   shift
-  if [ -n "$only" ] && [[ "$name" != *"$only"* ]]; then
-    return 0
+  # ORDERS_SYNC_ONLY: comma-separated parts of step names, e.g. "build simulator,integration".
+  if [ -n "$only" ]; then
+    local wanted=0 part parts
+    IFS=',' read -ra parts <<< "$only"
+    for part in "${parts[@]}"; do
+      [[ "$name" == *"$part"* ]] && wanted=1
+    done
+    [ "$wanted" = 1 ] || return 0
   fi
   printf '\n==> %s\n' "$name"
   if "$@" 2>&1 | tee -a "$log"; then

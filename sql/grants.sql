@@ -25,6 +25,8 @@ TO orders_sync_monitor;
 -- CHECK constraints and schedule_profiler call them, so every role that writes must be able to.
 GRANT EXECUTE ON FUNCTION orders_sync.check_timezone(text) TO orders_sync_monitor;
 GRANT EXECUTE ON FUNCTION orders_sync.is_env_name(text) TO orders_sync_monitor;
+GRANT EXECUTE ON FUNCTION orders_sync.check_source_profile(jsonb, text[]) TO orders_sync_monitor;
+GRANT EXECUTE ON FUNCTION orders_sync.default_source_profile() TO orders_sync_monitor;
 
 -- Admin (a member of monitor): configure pipelines, stores and credentials.
 GRANT INSERT, UPDATE, DELETE ON orders_sync.pipelines, orders_sync.store_master TO orders_sync_admin;
@@ -32,6 +34,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON orders_sync.pipeline_credentials TO orde
 GRANT USAGE ON SEQUENCE orders_sync.pipelines_id_seq TO orders_sync_admin;
 
 GRANT SELECT ON orders_sync.sync_jobs, orders_sync.window_pages TO orders_sync_monitor;
+
+-- A source profile's dry run reads the credentials and calls the source: the admin's job.
+GRANT EXECUTE ON FUNCTION orders_sync.test_source(text, text, text, date, date, integer) TO orders_sync_admin;
 
 -- Running syncs is the admin's job.
 GRANT EXECUTE ON FUNCTION orders_sync.sync_window(text, text, date, date, boolean, boolean, text) TO orders_sync_admin;

@@ -71,13 +71,19 @@ CREATE TABLE orders_sync.pipelines (
     max_pages_per_window INTEGER
         CONSTRAINT pipelines_max_pages_per_window_range CHECK (max_pages_per_window BETWEEN 1 AND 10000000),
     max_window_seconds INTEGER
-        CONSTRAINT pipelines_max_window_seconds_range CHECK (max_window_seconds BETWEEN 1 AND 604800)
+        CONSTRAINT pipelines_max_window_seconds_range CHECK (max_window_seconds BETWEEN 1 AND 604800),
+    -- How the source is asked and read (docs/design.md#source-profiles); NULL is the built-in
+    -- contract. Checked completely when written: a profile that cannot work is refused here.
+    source JSONB
+        CONSTRAINT pipelines_source_valid CHECK (orders_sync.check_source_profile(source, streams))
 );
 
 COMMENT ON TABLE orders_sync.pipelines IS
     'Source pipelines (td_orders_sync, uc_orders_sync, ...): where to fetch, which streams, which time zone defines today.';
 COMMENT ON COLUMN orders_sync.pipelines.streams IS
     'streams[1] is order data (stamps orders_pulled_at); streams[2], if any, is sales data (stamps sales_pulled_at).';
+COMMENT ON COLUMN orders_sync.pipelines.source IS
+    'Source profile: request, dates, pagination, records, auth, limits and per-stream overrides (README, "Source profiles"); NULL = the built-in contract. Never holds a secret.';
 COMMENT ON COLUMN orders_sync.pipelines.timezone IS
     'IANA time zone name; "today" for this pipeline''s windows is computed in it.';
 
@@ -95,13 +101,23 @@ VALUES ('td_orders_sync', 'TD', ARRAY['orders', 'sales'], 'http://127.0.0.1:8080
 ------------------------------------------------------------------------------------------
 CREATE TABLE orders_sync.pipeline_credentials (
     pipeline_id BIGINT PRIMARY KEY REFERENCES orders_sync.pipelines (id) ON DELETE CASCADE,
-    api_token   TEXT NOT NULL
+    api_token   TEXT
         CONSTRAINT pipeline_credentials_token_format CHECK (api_token ~ '^[!-~]+$' AND length(api_token) <= 4096),
-    updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+    updated_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- The other secrets a source profile's auth may need (HTTP basic, OAuth2 client credentials).
+    username      TEXT
+        CONSTRAINT pipeline_credentials_username_format CHECK (username ~ '^[ -~]+$' AND length(username) <= 1024 AND position(':' IN username) = 0),
+    password      TEXT
+        CONSTRAINT pipeline_credentials_password_format CHECK (password ~ '^[ -~]+$' AND length(password) <= 4096),
+    client_id     TEXT
+        CONSTRAINT pipeline_credentials_client_id_format CHECK (client_id ~ '^[!-~]+$' AND length(client_id) <= 1024),
+    client_secret TEXT
+        CONSTRAINT pipeline_credentials_client_secret_format CHECK (client_secret ~ '^[!-~]+$' AND length(client_secret) <= 4096),
+    CONSTRAINT pipeline_credentials_some_secret CHECK (num_nonnulls(api_token, username, password, client_id, client_secret) > 0)
 );
 
 COMMENT ON TABLE orders_sync.pipeline_credentials IS
-    'Bearer tokens per pipeline. Readable by orders_sync_admin only; never shown in views, logs or errors.';
+    'Secrets per pipeline: api_token (bearer or API key), username and password (HTTP basic), client_id and client_secret (OAuth2). Readable by orders_sync_admin only; never shown in views, logs or errors.';
 
 CREATE TRIGGER pipeline_credentials_touch_updated_at
     BEFORE UPDATE ON orders_sync.pipeline_credentials
@@ -422,6 +438,9 @@ CREATE INDEX ix_sync_jobs_running ON orders_sync.sync_jobs (store_code) WHERE st
 -- A log row's job (stuck_candidates, reset_stuck_runs, the exporter's running windows): without
 -- it, finding the jobs of a few running windows reads every job.
 CREATE INDEX ix_sync_jobs_log ON orders_sync.sync_jobs (log_id);
+-- A job worker's next claim reads a run's queued windows from the one it just ran on
+-- (docs/design.md#caps), so it does not revisit the entries its run's claimed windows left.
+CREATE INDEX ix_sync_jobs_queued ON orders_sync.sync_jobs (run_id, id) WHERE status = 'queued';
 
 CREATE TRIGGER sync_jobs_touch_updated_at
     BEFORE UPDATE ON orders_sync.sync_jobs

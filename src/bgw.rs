@@ -120,9 +120,9 @@ pub fn refuse_on_standby(what: &str) -> Result<(), SqlError> {
 
 /// Starts a dynamic worker in the caller's database and waits until it exits. The caller's
 /// transaction stays open: the worker commits on its own, and the caller then reads the
-/// result with a fresh snapshot.
+/// result with a fresh snapshot. Callers have already called [`refuse_on_standby`], first of
+/// all their checks, so the error names the SQL function the DBA called.
 pub fn run_worker_and_wait<R: WorkerRequest>(request: &R) -> Result<(), SqlError> {
-    refuse_on_standby(&format!("the {} worker", R::KIND))?;
     // SAFETY: plain reads of this backend's own globals.
     let (database, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::MyProcPid) };
     let worker = builder(request, database).set_notify_pid(pid).load_dynamic().map_err(|_| {
@@ -150,6 +150,14 @@ pub fn nap(millis: i64) {
         pg_sys::ResetLatch(pg_sys::MyLatch);
     }
     pgrx::check_for_interrupts!();
+}
+
+/// Whether a cancel or termination is waiting to be serviced by this backend (a SQL function
+/// making HTTP requests stops early, then `check_for_interrupts!` raises it). A plain read of
+/// a flag, so any thread may ask.
+pub fn interrupt_pending() -> bool {
+    // SAFETY: a sig_atomic_t flag set by signal handlers; reading it has no side effect.
+    unsafe { std::ptr::read_volatile(&raw const pg_sys::InterruptPending) != 0 }
 }
 
 /// Runs `body` in its own transaction and commits it. An `Err` from the body, or an ERROR

@@ -1,4 +1,6 @@
-//! The fetch stage: one page of one stream of one store, from a source over HTTP (docs/design.md#sources).
+//! The fetch stage: one page of one stream of one store, from a source over HTTP, asked for and
+//! read as the pipeline's source profile says (docs/design.md#sources, [`profile`]). Without a
+//! profile, the built-in contract:
 //!
 //! ```text
 //! GET {base_url}/v1/stores/{store_code}/{stream}?from=YYYY-MM-DD&to=YYYY-MM-DD&page_size=N[&page_token=T]
@@ -6,10 +8,14 @@
 //! 200 -> {"data": [ {record}, ... ], "next_page_token": "<opaque>" | null}
 //! ```
 //!
+//! The parts: [`request`] builds a page's request, [`auth`] adds the credentials, [`page`]
+//! reads the body, [`pagination`] decides the next page's cursor and bounds the paging, and
+//! `pace` spaces the requests of a pipeline across the cluster.
+//!
 //! Pure of PostgreSQL: the background worker passes plain values in and gets plain values
 //! (or a [`FetchError`] whose text is safe to log) back. Nothing here retries a whole window or
-//! follows `next_page_token`: the worker commits each page with its cursor, then asks for the
-//! next one.
+//! follows the cursor: the worker commits each page with its cursor, then asks for the next
+//! one.
 //!
 //! * Retries: 408, 429, 5xx, timeouts, connect and transport errors, up to `max_attempts`, with
 //!   [`retry_delay`] between them (a `Retry-After` from the source takes precedence). Other
@@ -17,7 +23,7 @@
 //! * Bounded: a `Content-Length` over `max_response_bytes` is refused before reading; otherwise
 //!   at most `max_response_bytes` are buffered and one byte more fails the page.
 //! * A page that fails validation returns an error and no records.
-//! * The token never appears in an error, even when a hostile source echoes it back, encoded
+//! * No credential appears in an error, even when a hostile source echoes it back, encoded
 //!   or in part: source text reaches an error only through [`redact`]'s one rule.
 //! * Proxies: reqwest honours `HTTP_PROXY` / `HTTPS_PROXY` / `NO_PROXY` from the server's
 //!   environment, as libcurl-based extensions do.
@@ -27,29 +33,45 @@
 //! on the backend's thread. They never touch PostgreSQL memory; the caller's thread only
 //! blocks on them inside `fetch_page`, and dropping the client joins them.
 
+mod auth;
 mod backoff;
+mod convert;
 mod error;
+mod extract;
 #[cfg(test)]
 mod leak_check;
+pub mod pace;
 mod page;
 mod pagination;
+pub mod profile;
 mod redact;
+mod request;
 #[cfg(test)]
 mod simulator_tests;
 
 use std::io::Read;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::collections::BTreeMap;
+
 use chrono::NaiveDate;
+use chrono_tz::Tz;
 use reqwest::blocking::{Client, Response};
-use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, LINK, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 
+use auth::Authenticator;
+pub use auth::Credentials;
 pub use backoff::{jitter_sample, parse_retry_after, retry_delay};
 pub use error::FetchError;
 pub use page::{sort_keeping_last_of_each_id, Page, Record, MAX_PAGE_TOKEN_BYTES};
+use page::{PagePlan, ParsedPage};
+use pagination::PageSignals;
 pub use pagination::{BoundHit, PageBounds, PageGuard};
+use profile::{Limits, Method, Pagination, Profile, StreamProfile};
 use redact::{Secrets, MESSAGE_CHARS};
+pub use request::PageCall;
+use request::Placeholders;
 
 /// Longest store code or stream name put into a URL; real ones are a few bytes.
 pub const MAX_PATH_SEGMENT_BYTES: usize = 256;
@@ -64,13 +86,22 @@ const BODY_DEADLINE_READ_TIMEOUTS: u32 = 4;
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Everything the client needs to talk to one source; the worker fills it from the pipeline
-/// row and the `orders_sync.http_*` settings.
-#[derive(Clone, PartialEq, Eq)]
+/// row, its credentials and the `orders_sync.http_*` settings.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceSettings {
+    /// Keys the pipeline's share of the cluster-wide request rate.
+    pub pipeline_id: i64,
     /// `http` or `https`, may carry a path prefix; no credentials, query or fragment.
     pub base_url: String,
-    /// Sent as `Authorization: Bearer <token>`; `None` or empty sends no header.
-    pub token: Option<String>,
+    /// The pipeline's source profile (its `source` jsonb as text); `None` is the built-in
+    /// contract.
+    pub profile: Option<String>,
+    /// The pipeline's streams, which the profile's per-stream overrides name.
+    pub streams: Vec<String>,
+    /// The pipeline's time zone: the API's timestamps are read, and written, in it.
+    pub timezone: String,
+    /// Never printed: its `Debug` only says which are set.
+    pub credentials: Credentials,
     pub page_size: u32,
     /// Limit on establishing the TCP (and TLS) connection.
     pub connect_timeout: Duration,
@@ -87,23 +118,6 @@ pub struct SourceSettings {
     pub allowed_hosts: Vec<String>,
 }
 
-// Hand-written so that `{:?}` of the settings never prints the token.
-impl std::fmt::Debug for SourceSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SourceSettings")
-            .field("base_url", &self.base_url)
-            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
-            .field("page_size", &self.page_size)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("read_timeout", &self.read_timeout)
-            .field("max_attempts", &self.max_attempts)
-            .field("retry_base_delay", &self.retry_base_delay)
-            .field("max_response_bytes", &self.max_response_bytes)
-            .field("allowed_hosts", &self.allowed_hosts)
-            .finish()
-    }
-}
-
 /// One page of one stream of one store for one window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRequest<'a> {
@@ -111,8 +125,15 @@ pub struct PageRequest<'a> {
     pub stream: &'a str,
     pub from: NaiveDate,
     pub to: NaiveDate,
-    /// The cursor saved with the previous page; `None` for the first page.
+    /// The cursor saved with the previous page (see [`pagination::next_cursor`]); `None` for
+    /// the first page.
     pub page_token: Option<&'a str>,
+}
+
+/// How one stream is asked for and read.
+struct StreamReader {
+    profile: StreamProfile,
+    plan: PagePlan,
 }
 
 /// A blocking HTTP client for one source. Create it once per worker (after fork, never in the
@@ -120,9 +141,14 @@ pub struct PageRequest<'a> {
 pub struct SourceClient {
     http: Client,
     base_url: Url,
-    authorization: Option<HeaderValue>,
-    /// What the token looks like, to scrub it from every quote of the source's text.
-    secrets: Secrets,
+    pipeline_id: i64,
+    timezone: Tz,
+    /// By stream, from the pipeline's profile.
+    readers: BTreeMap<String, StreamReader>,
+    /// The built-in contract, for any stream, when the pipeline has no profile.
+    builtin: Option<StreamReader>,
+    auth: Authenticator,
+    limits: Limits,
     page_size: u32,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -135,7 +161,7 @@ impl std::fmt::Debug for SourceClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SourceClient")
             .field("base_url", &self.base_url.as_str())
-            .field("secrets", &self.secrets)
+            .field("secrets", &self.auth.secrets())
             .finish_non_exhaustive()
     }
 }
@@ -175,26 +201,29 @@ impl SourceClient {
         if settings.max_response_bytes == 0 {
             return invalid("max_response_bytes must be at least 1");
         }
-        let token = settings.token.filter(|t| !t.is_empty());
-        let secrets = Secrets::new(token.as_deref());
-        let authorization = match &token {
-            None => None,
-            Some(t) => {
-                // The message must not quote the token, not even the offending character.
-                let mut value = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
-                    FetchError::Settings("token contains characters not allowed in an HTTP header".to_owned())
-                })?;
-                value.set_sensitive(true);
-                Some(value)
+        let timezone: Tz = settings
+            .timezone
+            .parse()
+            .map_err(|_| FetchError::Settings(format!("time zone {:?} is unknown", settings.timezone)))?;
+        let (profile, builtin) = match &settings.profile {
+            None => (Profile::builtin(&[]), Some(StreamProfile::default_contract())),
+            Some(text) => {
+                let value: serde_json::Value = serde_json::from_str(text)
+                    .map_err(|e| FetchError::Settings(format!("the source profile is not JSON ({e})")))?;
+                let profile = Profile::parse(&value, &settings.streams)
+                    .map_err(|e| FetchError::Settings(format!("invalid source profile at {e}")))?;
+                (profile, None)
             }
         };
+        let reader = |profile: StreamProfile| StreamReader { plan: PagePlan::new(&profile, timezone), profile };
+        let auth = Authenticator::new(&profile.auth, settings.credentials, &settings.allowed_hosts)?;
         let builder = Client::builder()
             .connect_timeout(settings.connect_timeout)
             // reqwest's blocking timeout bounds the wait for the response headers (connect
             // included) and then each read of the body separately.
             .timeout(settings.read_timeout)
-            // A redirect could carry the request (and, same-host, the token) elsewhere; the
-            // contract has none, so a 3xx is reported as a status error instead.
+            // A redirect could carry the request (and, same-host, the credentials) elsewhere;
+            // a 3xx is reported as a status error instead.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("orders_sync/", env!("CARGO_PKG_VERSION")));
         let http = with_signals_blocked(|| builder.build())
@@ -202,8 +231,12 @@ impl SourceClient {
         Ok(SourceClient {
             http,
             base_url,
-            authorization,
-            secrets,
+            pipeline_id: settings.pipeline_id,
+            timezone,
+            readers: profile.streams.into_iter().map(|(stream, p)| (stream, reader(p))).collect(),
+            builtin: builtin.map(reader),
+            auth,
+            limits: profile.limits,
             page_size: settings.page_size,
             connect_timeout: settings.connect_timeout,
             read_timeout: settings.read_timeout,
@@ -213,27 +246,42 @@ impl SourceClient {
         })
     }
 
+    fn reader(&self, stream: &str) -> Result<&StreamReader, FetchError> {
+        self.readers
+            .get(stream)
+            .or(self.builtin.as_ref())
+            .ok_or_else(|| FetchError::Request(format!("stream {stream:?} is not one of the pipeline's streams")))
+    }
+
+    /// The request of one page, without credentials.
+    pub fn page_call(&self, request: &PageRequest<'_>) -> Result<PageCall, FetchError> {
+        check_request(request)?;
+        let reader = self.reader(request.stream)?;
+        let values = Placeholders::new(
+            request.store_code,
+            request.stream,
+            request.from,
+            request.to,
+            &reader.profile.dates,
+            self.timezone,
+            self.page_size,
+        );
+        request::page_call(&reader.profile, &self.base_url, &values, request.page_token).map_err(FetchError::Request)
+    }
+
     /// The URL of one page. Store code and stream are single percent-encoded path segments,
     /// so no store code can change the path or the query. Contains no credential.
     pub fn page_url(&self, request: &PageRequest<'_>) -> Result<Url, FetchError> {
-        check_request(request)?;
-        let mut url = self.base_url.clone();
-        url.path_segments_mut()
-            // parse_base_url only accepts http(s) URLs, which always have a path.
-            .map_err(|()| FetchError::Settings("base_url cannot have a path".to_owned()))?
-            .pop_if_empty()
-            .extend(["v1", "stores", request.store_code, request.stream]);
-        {
-            let mut query = url.query_pairs_mut();
-            query
-                .append_pair("from", &request.from.format("%Y-%m-%d").to_string())
-                .append_pair("to", &request.to.format("%Y-%m-%d").to_string())
-                .append_pair("page_size", &self.page_size.to_string());
-            if let Some(token) = request.page_token {
-                query.append_pair("page_token", token);
-            }
+        self.page_call(request).map(|call| call.url)
+    }
+
+    /// The URL of one page as a DBA may see it: a key sent as a query parameter shows as `***`.
+    pub fn shown_url(&self, request: &PageRequest<'_>) -> Result<String, FetchError> {
+        let mut url = self.page_url(request)?;
+        if let Some(name) = self.auth.query_key_name() {
+            url.query_pairs_mut().append_pair(name, "***");
         }
-        Ok(url)
+        Ok(url.to_string())
     }
 
     /// One page, with retries. `should_stop` is polled before each attempt, between body
@@ -241,20 +289,28 @@ impl SourceClient {
     /// the result is [`FetchError::Cancelled`]. It cannot interrupt a request that is waiting
     /// for headers: that wait is bounded by the read timeout.
     pub fn fetch_page(&self, request: &PageRequest<'_>, should_stop: &dyn Fn() -> bool) -> Result<Page, FetchError> {
-        let url = self.page_url(request)?;
+        let call = self.page_call(request)?;
+        let reader = self.reader(request.stream)?;
         let mut attempts = 0;
+        let mut renewed = false;
         loop {
             if should_stop() {
                 return Err(FetchError::Cancelled { attempts });
             }
             attempts += 1;
-            let failure = match self.attempt(&url, request, should_stop) {
+            let failure = match self.attempt(&call, reader, request, should_stop) {
                 Ok(mut page) => {
                     page.attempts = attempts;
                     return Ok(page);
                 }
                 Err(failure) => failure,
             };
+            // An access token the source no longer takes: fetch a new one, once per page.
+            if failure.error.http_status() == Some(401) && self.auth.renews_on_401() && !renewed {
+                renewed = true;
+                self.auth.forget_token();
+                continue;
+            }
             if !failure.error.is_retryable() || attempts >= self.max_attempts {
                 return Err(failure.error.with_attempts(attempts));
             }
@@ -267,15 +323,30 @@ impl SourceClient {
 
     fn attempt(
         &self,
-        url: &Url,
+        call: &PageCall,
+        reader: &StreamReader,
         request: &PageRequest<'_>,
         should_stop: &dyn Fn() -> bool,
     ) -> Result<Page, AttemptFailure> {
-        let mut call = self.http.get(url.clone()).header(ACCEPT, "application/json");
-        if let Some(authorization) = &self.authorization {
-            call = call.header(AUTHORIZATION, authorization.clone());
+        if let Some(rate) = self.limits.requests_per_second {
+            if !pace::wait_turn(self.pipeline_id, rate, should_stop) {
+                return Err(FetchError::Cancelled { attempts: 0 }.into());
+            }
         }
-        let response = call.send().map_err(|e| self.request_error(e, "waiting for the response"))?;
+        let mut builder = match call.method {
+            Method::Get => self.http.get(call.url.clone()),
+            Method::Post => self.http.post(call.url.clone()),
+        };
+        builder = builder.header(ACCEPT, "application/json");
+        for (name, value) in &call.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        if let Some(body) = &call.body {
+            builder = builder.header(CONTENT_TYPE, "application/json").body(body.to_string());
+        }
+        let builder = self.auth.apply(&self.http, builder, self.read_timeout)?;
+        let secrets = self.auth.secrets();
+        let response = builder.send().map_err(|e| self.request_error(e, "waiting for the response", &secrets))?;
         let status = response.status();
         if status != StatusCode::OK {
             let retry_after = response
@@ -284,7 +355,7 @@ impl SourceClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
             let body = peek_body(response, Instant::now() + self.read_timeout);
-            let snippet = error::body_snippet(&body, &self.secrets);
+            let snippet = error::body_snippet(&body, &secrets);
             return Err(AttemptFailure {
                 error: FetchError::status(status.as_u16(), status.canonical_reason(), snippet),
                 retry_after,
@@ -300,6 +371,7 @@ impl SourceClient {
                 .into());
             }
         }
+        let link = response.headers().get(LINK).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let capacity = response.content_length().unwrap_or(0);
         let deadline = Instant::now() + self.read_timeout * BODY_DEADLINE_READ_TIMEOUTS;
         let body = read_bounded(
@@ -309,12 +381,58 @@ impl SourceClient {
             deadline,
             self.read_timeout,
             should_stop,
-            &self.secrets,
+            &secrets,
         )?;
-        Ok(page::parse_page(&body, request, &self.secrets)?)
+        let parsed = page::parse_page(&body, &reader.plan, request, &secrets)?;
+        let next = self.next_cursor(reader, request, &parsed, link.as_deref(), &call.url, &secrets)?;
+        Ok(Page {
+            records: parsed.records,
+            next_page_token: next,
+            attempts: 0,
+            body_bytes: parsed.body_bytes,
+            duplicate_ids: parsed.duplicate_ids,
+        })
     }
 
-    fn request_error(&self, error: reqwest::Error, phase: &'static str) -> FetchError {
+    /// The cursor of the next page, by the stream's pagination style; a next page's URL is
+    /// checked here, when it arrives, so a saved cursor is always one we may follow.
+    fn next_cursor(
+        &self,
+        reader: &StreamReader,
+        request: &PageRequest<'_>,
+        parsed: &ParsedPage,
+        link: Option<&str>,
+        url: &Url,
+        secrets: &Secrets,
+    ) -> Result<Option<String>, FetchError> {
+        let invalid =
+            |reason: String| FetchError::InvalidPage { reason: secrets.quote(&reason, MESSAGE_CHARS), attempts: 0 };
+        let signals = PageSignals {
+            received: parsed.received,
+            last_id: parsed.last_id.as_deref(),
+            next: parsed.next.as_deref(),
+            total: parsed.total,
+            has_more: parsed.has_more,
+            link_next: link.and_then(pagination::link_next),
+        };
+        let next =
+            pagination::next_cursor(&reader.profile.pagination, request.page_token, &signals).map_err(invalid)?;
+        let Some(next) = next else { return Ok(None) };
+        let next = match reader.profile.pagination {
+            Pagination::NextUrl { .. } | Pagination::LinkHeader {} => {
+                request::next_page_url(url, &next).map_err(invalid)?.to_string()
+            }
+            _ => next,
+        };
+        if next.len() > MAX_PAGE_TOKEN_BYTES || next.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "the next page's cursor is longer than {MAX_PAGE_TOKEN_BYTES} bytes or has control characters"
+            )));
+        }
+        Ok(Some(next))
+    }
+
+    fn request_error(&self, error: reqwest::Error, phase: &'static str, secrets: &Secrets) -> FetchError {
         let error = error.without_url();
         if error.is_timeout() {
             let (phase, limit) = if error.is_connect() {
@@ -324,9 +442,9 @@ impl SourceClient {
             };
             FetchError::Timeout { phase, limit_ms: millis(limit), attempts: 0 }
         } else if error.is_connect() {
-            FetchError::Connect { detail: self.secrets.quote(&error_chain(&error), MESSAGE_CHARS), attempts: 0 }
+            FetchError::Connect { detail: secrets.quote(&error_chain(&error), MESSAGE_CHARS), attempts: 0 }
         } else {
-            FetchError::Transport { detail: self.secrets.quote(&error_chain(&error), MESSAGE_CHARS), attempts: 0 }
+            FetchError::Transport { detail: secrets.quote(&error_chain(&error), MESSAGE_CHARS), attempts: 0 }
         }
     }
 }
@@ -562,8 +680,12 @@ mod tests {
 
     fn settings(base_url: &str) -> SourceSettings {
         SourceSettings {
+            pipeline_id: 1,
             base_url: base_url.to_owned(),
-            token: None,
+            profile: None,
+            streams: vec!["orders".to_owned(), "sales".to_owned()],
+            timezone: "UTC".to_owned(),
+            credentials: Credentials::default(),
             page_size: 100,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
@@ -656,9 +778,11 @@ mod tests {
         check(SourceSettings { max_attempts: 0, ..settings("http://x/") }, "max_attempts");
         check(SourceSettings { read_timeout: Duration::ZERO, ..settings("http://x/") }, "read_timeout");
         check(SourceSettings { max_response_bytes: 0, ..settings("http://x/") }, "max_response_bytes");
-        let err =
-            SourceClient::new(SourceSettings { token: Some("sec\nret-token".to_owned()), ..settings("http://x/") })
-                .expect_err("newline in token");
+        let err = SourceClient::new(SourceSettings {
+            credentials: Credentials { api_token: Some("sec\nret-token".to_owned()), ..Credentials::default() },
+            ..settings("http://x/")
+        })
+        .expect_err("newline in token");
         assert!(!err.to_string().contains("ret-token"), "{err}");
         // The password must not leak through the settings error either.
         let err = SourceClient::new(settings("http://user:hunter2@x/")).expect_err("userinfo");
@@ -667,7 +791,10 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_the_token() {
-        let s = SourceSettings { token: Some("s3cr3t-t0ken".to_owned()), ..settings("http://x/") };
+        let s = SourceSettings {
+            credentials: Credentials { api_token: Some("s3cr3t-t0ken".to_owned()), ..Credentials::default() },
+            ..settings("http://x/")
+        };
         assert!(!format!("{s:?}").contains("s3cr3t-t0ken"));
         let c = SourceClient::new(s).expect("client");
         assert!(!format!("{c:?}").contains("s3cr3t-t0ken"));

@@ -17,8 +17,17 @@ static DEFAULT_TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CStri
 static ALLOWED_SOURCE_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 static MAX_PAGES_PER_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 static MAX_WINDOW_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(6 * 3600);
+static BULK_LOAD: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"orders_sync.bulk_load",
+        c"Load a page's new records through COPY's bulk path (off: a SQL INSERT).",
+        c"Read by each job worker when it starts (docs/design.md#writing).",
+        &BULK_LOAD,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"orders_sync.database",
         c"Database the orders_sync background workers connect to.",
@@ -149,6 +158,10 @@ pub fn max_pages_per_window() -> u32 {
 
 pub fn max_window_seconds() -> u64 {
     MAX_WINDOW_SECONDS.get() as u64
+}
+
+pub fn bulk_load() -> bool {
+    BULK_LOAD.get()
 }
 
 pub fn max_workers() -> u32 {

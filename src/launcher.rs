@@ -6,8 +6,8 @@
 //! taking the next window itself while its slot is still within the caps, so a store's
 //! windows run back to back without waiting for a tick.
 //!
-//! Caps: a run's `max_workers` (its `parameters`) and `orders_sync.max_workers` over all
-//! running jobs. Every decision that takes a slot holds the same transaction-level advisory
+//! Caps: a run's `max_workers` (its `parameters`), a pipeline's `limits.max_concurrent_stores`
+//! and `orders_sync.max_workers` over all running jobs. Every decision that takes a slot holds the same transaction-level advisory
 //! lock, so concurrent decisions never both see a free slot.
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder};
@@ -114,7 +114,9 @@ pub extern "C-unwind" fn orders_sync_launcher_main(_argument: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let tick = in_transaction(|| -> SpiResult<_> {
-            if !extension_installed()? {
+            // On a Citus worker node the extension is there by propagation only: the
+            // coordinator's launcher does all syncing (docs/design.md#citus).
+            if !extension_installed()? || crate::distributed::is_citus_worker_node()? {
                 return Ok((false, Vec::new()));
             }
             let busy = housekeeping()?;
@@ -223,7 +225,8 @@ pub extern "C-unwind" fn orders_sync_job_worker(argument: pg_sys::Datum) {
         let next = if stopping {
             None
         } else {
-            let claimant = Claimant::Worker { run_id: &run_id, pipeline_id, store_code: &store_code };
+            let claimant =
+                Claimant::Worker { run_id: &run_id, pipeline_id, store_code: &store_code, after_job: job_id };
             in_transaction_or_log("claim the next window", || queue::claim(&claimant, PIPELINE_NAME))
                 .and_then(|claimed| claimed.into_iter().next())
         };

@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 
 mod bgw;
 mod clock;
+mod distributed;
 mod errors;
 mod fetch;
 mod gucs;
@@ -18,14 +19,20 @@ mod outcome;
 mod plan;
 mod queue;
 mod schedule;
+mod shared_memory;
+mod source;
 mod worker;
 mod write;
 
 ::pgrx::pg_module_magic!(name, version);
 
-// Tables, indexes, triggers and built-in rows. Needs `check_timezone` and `is_env_name` for CHECK
-// constraints.
-extension_sql_file!("../sql/schema.sql", name = "schema", requires = [clock::check_timezone, names::is_env_name_sql]);
+// Tables, indexes, triggers and built-in rows. Needs `check_timezone`, `is_env_name` and
+// `check_source_profile` for CHECK constraints.
+extension_sql_file!(
+    "../sql/schema.sql",
+    name = "schema",
+    requires = [clock::check_timezone, names::is_env_name_sql, source::check_source_profile]
+);
 // Typed per-stream views over the records store.
 extension_sql_file!("../sql/views.sql", name = "views", requires = ["schema"]);
 // Monitoring views and history pruning (the "observe" stage).
@@ -36,12 +43,15 @@ extension_sql_file!(
     name = "schedules",
     requires = ["schema", schedule::cron_interval, schedule::check_cron_schedule]
 );
+// Scale-out on Citus: distribute() and the list of store-keyed tables.
+extension_sql_file!("../sql/distributed.sql", name = "distributed", requires = ["schema"]);
 // Privileges: runs last so that it sees every function pgrx generated.
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    shared_memory::init();
     launcher::register();
 }
 

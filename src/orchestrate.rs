@@ -394,29 +394,32 @@ fn deferred_run(request: &ProfilerRequest, called_at: &str) -> SqlResult<Option<
 /// The windows only run when a launcher serves this database: say so when none does
 /// (orders_sync not in shared_preload_libraries, or orders_sync.database names another one).
 fn warn_without_launcher(run_id: &str) {
-    let launcher_database = Spi::get_one::<String>(
-        "SELECT coalesce(string_agg(datname, ', '), '')
-         FROM pg_catalog.pg_stat_activity WHERE backend_type = 'orders_sync launcher'",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_default();
-    let here = Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default();
-    if launcher_database.split(", ").any(|db| db == here) {
+    // launcher_health() is the one definition of "is a launcher serving this database"; it
+    // reads pg_stat_activity with its owner's rights, so the answer is the same for every role.
+    // A new library may run on a schema not updated yet (ALTER EXTENSION UPDATE pending),
+    // where the function does not exist: no warning then, rather than an error.
+    let updated = Spi::get_one::<bool>("SELECT to_regprocedure('orders_sync.launcher_health()') IS NOT NULL");
+    if !matches!(updated, Ok(Some(true))) {
         return;
     }
-    let (message, hint) = if launcher_database.is_empty() {
-        (
-            format!("no orders_sync launcher is running: the windows of run {run_id} stay queued until one is"),
-            "Add orders_sync to shared_preload_libraries and restart; the launcher retries every 5 s while orders_sync.database does not exist.",
-        )
-    } else {
-        (
-            format!("the orders_sync launcher serves database {launcher_database}, not {here}: the windows of run {run_id} stay queued"),
-            "Set orders_sync.database to this database and restart the server.",
-        )
-    };
-    ereport!(PgLogLevel::WARNING, PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, hint);
+    let health = Spi::connect(|client| {
+        let row = client.select("SELECT state, detail FROM orders_sync.launcher_health()", Some(1), &[])?.first();
+        Ok::<_, pgrx::spi::Error>((row.get::<String>(1)?, row.get::<String>(2)?))
+    });
+    let Ok((Some(state), detail)) = health else { return };
+    if state == "ok" || state == "standby" {
+        return;
+    }
+    let message = format!(
+        "the windows of run {run_id} stay queued: {}",
+        detail.unwrap_or_else(|| format!("the launcher's state is {state}"))
+    );
+    ereport!(
+        PgLogLevel::WARNING,
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        message,
+        "SELECT * FROM orders_sync.health shows the launcher's state."
+    );
 }
 
 /// `orders_sync.run_profiler(...)`: plans and enqueues a run, returns its run_id at once
@@ -435,6 +438,7 @@ fn run_profiler(
     as_of: default!(Option<pgrx::datum::Date>, "NULL"),
 ) -> String {
     bgw::refuse_on_standby("run_profiler").or_raise();
+    crate::distributed::refuse_on_worker_node("run_profiler").or_raise();
     let (request, wait) =
         profiler_request(env, sync_group, window_days, overlap_days, max_workers, force, store_code, wait, as_of)
             .or_raise();

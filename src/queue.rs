@@ -9,7 +9,7 @@ use pgrx::spi::SpiResult;
 use std::time::Duration;
 
 use crate::clock;
-use crate::fetch::{PageBounds, SourceSettings};
+use crate::fetch::{Credentials, PageBounds, SourceSettings};
 use crate::gucs;
 use crate::outcome::{run_summary, RunCounts, WindowStatus};
 use crate::write::Window;
@@ -145,7 +145,8 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
     Spi::connect_mut(|client| {
         let row = client
             .update(
-                r#"
+                &format!(
+                    r#"
                 WITH job AS (
                     SELECT j.id, j.run_id, j.pipeline_id, j.store_code, j.from_date, j.to_date, r.run_env,
                            s.cost_center
@@ -163,8 +164,12 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
                         (pipeline_id, run_id, run_env, cost_center, store_code, from_date, to_date, status, attempt_no)
                     SELECT job.pipeline_id, job.run_id, job.run_env, job.cost_center, job.store_code,
                            job.from_date, job.to_date, 'running',
+                           -- COLLATE "default": the log's store_code is not "C" like the job's,
+                           -- and only in the index's collation is it an index condition (else
+                           -- every store's rows of the same dates are read: docs/design.md#caps).
                            1 + (SELECT count(*) FROM orders_sync.orders_sync_log l
-                                WHERE l.pipeline_id = job.pipeline_id AND l.store_code = job.store_code
+                                WHERE l.pipeline_id = job.pipeline_id
+                                  AND l.store_code = job.store_code COLLATE "default"
                                   AND l.from_date = job.from_date AND l.to_date = job.to_date)
                     FROM job
                     RETURNING id
@@ -179,20 +184,19 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
                 )
                 SELECT logged.id AS log_id, j.pipeline_id, j.store_code::text AS store_code,
                        j.from_date, j.to_date, j.streams,
-                       p.code AS pipeline_code, p.streams AS pipeline_streams, p.base_url, p.page_size,
-                       p.connect_timeout_ms, p.read_timeout_ms, p.max_attempts, c.api_token,
-                       p.max_pages_per_window, p.max_window_seconds
+                       p.code AS pipeline_code, p.streams AS pipeline_streams,
+                       p.max_pages_per_window, p.max_window_seconds, {SOURCE_COLUMNS}
                 FROM logged
                 CROSS JOIN orders_sync.sync_jobs j
                 JOIN orders_sync.pipelines p ON p.id = j.pipeline_id
                 LEFT JOIN orders_sync.pipeline_credentials c ON c.pipeline_id = p.id
                 WHERE j.id = $1
-                "#,
+                "#
+                ),
                 None,
                 &[job_id.into()],
             )?
             .first();
-        let millis = |value: Option<i32>, fallback: u64| Duration::from_millis(value.map_or(fallback, |v| v as u64));
         let store_code: String = row.get_by_name("store_code")?.unwrap_or_default();
         Ok(Attempt {
             job_id,
@@ -206,19 +210,7 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
             pipeline_code: row.get_by_name("pipeline_code")?.unwrap_or_default(),
             pipeline_streams: row.get_by_name("pipeline_streams")?.unwrap_or_default(),
             streams: row.get_by_name("streams")?.unwrap_or_default(),
-            source: SourceSettings {
-                base_url: row.get_by_name("base_url")?.unwrap_or_default(),
-                token: row.get_by_name("api_token")?,
-                page_size: row.get_by_name::<i32, _>("page_size")?.unwrap_or(1000) as u32,
-                connect_timeout: millis(row.get_by_name("connect_timeout_ms")?, gucs::http_connect_timeout_ms()),
-                read_timeout: millis(row.get_by_name("read_timeout_ms")?, gucs::http_read_timeout_ms()),
-                max_attempts: row
-                    .get_by_name::<i32, _>("max_attempts")?
-                    .map_or(gucs::http_max_attempts(), |v| v as u32),
-                retry_base_delay: Duration::from_millis(gucs::http_retry_base_delay_ms()),
-                max_response_bytes: gucs::http_max_response_bytes(),
-                allowed_hosts: gucs::allowed_source_hosts(),
-            },
+            source: source_settings(&row)?,
             bounds: PageBounds {
                 max_pages: row
                     .get_by_name::<i32, _>("max_pages_per_window")?
@@ -228,6 +220,39 @@ pub fn start_attempt(job_id: i64) -> SpiResult<Attempt> {
                 ),
             },
         })
+    })
+}
+
+/// What a source client needs of a pipeline `p` and its credentials `c`: the one list of
+/// columns that [`source_settings`] reads.
+pub const SOURCE_COLUMNS: &str = "p.id AS source_pipeline_id, p.base_url, p.source::text AS source_profile, \
+     p.streams AS source_streams, p.timezone AS source_timezone, p.page_size, p.connect_timeout_ms, \
+     p.read_timeout_ms, p.max_attempts, c.api_token, c.username, c.password, c.client_id, c.client_secret";
+
+/// A source client's settings from a row holding [`SOURCE_COLUMNS`]; the pipeline's own
+/// values, else the `orders_sync.http_*` settings.
+pub fn source_settings(row: &pgrx::spi::SpiTupleTable<'_>) -> SpiResult<SourceSettings> {
+    let millis = |value: Option<i32>, fallback: u64| Duration::from_millis(value.map_or(fallback, |v| v as u64));
+    Ok(SourceSettings {
+        pipeline_id: row.get_by_name("source_pipeline_id")?.unwrap_or_default(),
+        base_url: row.get_by_name("base_url")?.unwrap_or_default(),
+        profile: row.get_by_name("source_profile")?,
+        streams: row.get_by_name("source_streams")?.unwrap_or_default(),
+        timezone: row.get_by_name("source_timezone")?.unwrap_or_else(|| "UTC".to_owned()),
+        credentials: Credentials {
+            api_token: row.get_by_name("api_token")?,
+            username: row.get_by_name("username")?,
+            password: row.get_by_name("password")?,
+            client_id: row.get_by_name("client_id")?,
+            client_secret: row.get_by_name("client_secret")?,
+        },
+        page_size: row.get_by_name::<i32, _>("page_size")?.unwrap_or(1000) as u32,
+        connect_timeout: millis(row.get_by_name("connect_timeout_ms")?, gucs::http_connect_timeout_ms()),
+        read_timeout: millis(row.get_by_name("read_timeout_ms")?, gucs::http_read_timeout_ms()),
+        max_attempts: row.get_by_name::<i32, _>("max_attempts")?.map_or(gucs::http_max_attempts(), |v| v as u32),
+        retry_base_delay: Duration::from_millis(gucs::http_retry_base_delay_ms()),
+        max_response_bytes: gucs::http_max_response_bytes(),
+        allowed_hosts: gucs::allowed_source_hosts(),
     })
 }
 
@@ -335,9 +360,9 @@ const DISPATCH_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('orders_sync.
 pub enum Claimant<'a> {
     /// The launcher's tick: any profiler run; the jobs wait for workers it starts.
     Launcher,
-    /// A job worker whose window has just ended (its slot is free): one window of its own run,
-    /// the same store's next one first; it runs the window itself.
-    Worker { run_id: &'a str, pipeline_id: i64, store_code: &'a str },
+    /// A job worker whose window (job `after_job`) has just ended (its slot is free): one
+    /// window of its own run, the same store's next one first; it runs the window itself.
+    Worker { run_id: &'a str, pipeline_id: i64, store_code: &'a str, after_job: i64 },
 }
 
 /// Claims the windows that may start now under the dispatch rules (`dispatch::choose`),
@@ -347,7 +372,7 @@ pub fn claim(claimant: &Claimant<'_>, profiler_pipeline: &str) -> SpiResult<Vec<
     Spi::run(DISPATCH_LOCK)?;
     let running = Spi::connect(|client| {
         let table = client.select(
-            "SELECT run_id::text, store_code::text FROM orders_sync.sync_jobs WHERE status = 'running'",
+            "SELECT run_id::text, store_code::text, pipeline_id FROM orders_sync.sync_jobs WHERE status = 'running'",
             None,
             &[],
         )?;
@@ -356,6 +381,7 @@ pub fn claim(claimant: &Claimant<'_>, profiler_pipeline: &str) -> SpiResult<Vec<
             running.push(dispatch::RunningJob {
                 run_id: row.get::<String>(1)?.unwrap_or_default(),
                 store_code: row.get::<String>(2)?.unwrap_or_default(),
+                pipeline_id: row.get::<i64>(3)?.unwrap_or_default(),
             });
         }
         Ok::<_, pgrx::spi::Error>(running)
@@ -366,57 +392,70 @@ pub fn claim(claimant: &Claimant<'_>, profiler_pipeline: &str) -> SpiResult<Vec<
     }
     let (run_id, pipeline_id, store_code, limit) = match claimant {
         Claimant::Launcher => (None, None, None, usize::MAX),
-        Claimant::Worker { run_id, pipeline_id, store_code } => {
+        Claimant::Worker { run_id, pipeline_id, store_code, .. } => {
             (Some(*run_id), Some(*pipeline_id), Some(*store_code), 1)
         }
     };
-    let candidates = Spi::connect(|client| {
-        let table = client.select(
-            // Set-based on purpose: a run may queue thousands of windows, and a correlated
-            // "no earlier open window of this store" check would be quadratic in them. (While
-            // a run is waited on with `wait => true`, the waiting call holds back the xmin
-            // horizon, so every finished job leaves dead index entries a per-window probe
-            // would visit again.)
-            "WITH open AS MATERIALIZED (
-                 SELECT j.id, j.run_id, j.pipeline_id, j.store_code, j.from_date, j.status, r.started_at,
-                        coalesce((r.parameters->>'max_workers')::int, 1) AS run_cap
-                 FROM orders_sync.pipeline_run_summaries r
-                 JOIN orders_sync.sync_jobs j ON j.run_id = r.run_id AND j.status IN ('queued', 'failed', 'partial')
-                 WHERE r.overall_status = 'running' AND r.pipeline_name = $1
-                   AND ($2::text IS NULL OR r.run_id = $2)
-             ),
-             firsts AS (
-                 -- Each store's earliest open window of each run. A store with a failed or
-                 -- partial window sorts that first and so drops out: its later windows wait
-                 -- to be skipped.
-                 SELECT DISTINCT ON (run_id, pipeline_id, store_code)
-                        id, run_id, pipeline_id, store_code, status, started_at, run_cap
-                 FROM open
-                 ORDER BY run_id, pipeline_id, store_code, status = 'queued', from_date, id
-             )
-             SELECT id, run_id::text, store_code::text, run_cap FROM firsts
-             WHERE status = 'queued'
-             ORDER BY coalesce(pipeline_id = $3 AND store_code = $4, false) DESC, started_at, id",
-            None,
-            &[profiler_pipeline.into(), run_id.into(), pipeline_id.into(), store_code.into()],
-        )?;
-        let mut out = Vec::with_capacity(table.len());
-        for row in table {
-            out.push(Candidate {
-                job_id: row.get::<i64>(1)?.unwrap_or_default(),
-                run_id: row.get::<String>(2)?.unwrap_or_default(),
-                store_code: row.get::<String>(3)?.unwrap_or_default(),
-                run_cap: i64::from(row.get::<i32>(4)?.unwrap_or(1)),
-            });
+    let by_worker = matches!(claimant, Claimant::Worker { .. });
+    // Per window, what a claim reads must not grow with the run (docs/design.md#caps): while
+    // a run is waited on, every claimed job leaves dead index entries behind that a scan from
+    // the queue's start would visit again. So a worker first takes its store's next window
+    // (the store's own index entries), then looks for a window after the one it just ran
+    // (windows are queued in store order and handed out in id order); only when that finds
+    // nothing does it read the whole queue, which then also finds any window passed over.
+    if let Claimant::Worker { run_id, pipeline_id, store_code, after_job } = claimant {
+        for nearby in [next_window_of_store(run_id, *pipeline_id, store_code)?, windows_after(run_id, *after_job)?] {
+            let chosen = dispatch::choose(&nearby, &running, cluster_cap, 1);
+            if !chosen.is_empty() {
+                return mark_claimed(chosen, by_worker);
+            }
         }
-        Ok::<_, pgrx::spi::Error>(out)
-    })?;
+    } else if every_run_at_cap(profiler_pipeline, &running)? {
+        // The launcher's tick while workers chain their windows: nothing to hand out.
+        return Ok(Vec::new());
+    }
+    let candidates = candidates_of(
+        // Set-based on purpose: a run may queue thousands of windows, and a correlated
+        // "no earlier open window of this store" check would be quadratic in them. (While
+        // a run is waited on with `wait => true`, the waiting call holds back the xmin
+        // horizon, so every finished job leaves dead index entries a per-window probe
+        // would visit again.)
+        "WITH open AS MATERIALIZED (
+             SELECT j.id, j.run_id, j.pipeline_id, j.store_code, j.from_date, j.status, r.started_at,
+                    coalesce((r.parameters->>'max_workers')::int, 1) AS run_cap
+             FROM orders_sync.pipeline_run_summaries r
+             JOIN orders_sync.sync_jobs j ON j.run_id = r.run_id AND j.status IN ('queued', 'failed', 'partial')
+             WHERE r.overall_status = 'running' AND r.pipeline_name = $1
+               AND ($2::text IS NULL OR r.run_id = $2)
+         ),
+         firsts AS (
+             -- Each store's earliest open window of each run. A store with a failed or
+             -- partial window sorts that first and so drops out: its later windows wait
+             -- to be skipped.
+             SELECT DISTINCT ON (run_id, pipeline_id, store_code)
+                    id, run_id, pipeline_id, store_code, status, started_at, run_cap
+             FROM open
+             ORDER BY run_id, pipeline_id, store_code, status = 'queued', from_date, id
+         )
+         SELECT f.id, f.run_id::text, f.store_code::text, f.run_cap, f.pipeline_id,
+                -- The pipeline's cap over all runs (docs/design.md#limits); NULL: none.
+                (p.source -> 'limits' ->> 'max_concurrent_stores')::int AS pipeline_cap
+         FROM firsts f
+         JOIN orders_sync.pipelines p ON p.id = f.pipeline_id
+         WHERE f.status = 'queued'
+         ORDER BY coalesce(f.pipeline_id = $3 AND f.store_code = $4, false) DESC, f.started_at, f.id",
+        &[profiler_pipeline.into(), run_id.into(), pipeline_id.into(), store_code.into()],
+    )?;
     let chosen = dispatch::choose(&candidates, &running, cluster_cap, limit);
+    mark_claimed(chosen, by_worker)
+}
+
+/// Marks `chosen` running: with the worker's pid for a worker, without one for the launcher.
+fn mark_claimed(chosen: Vec<Candidate>, by_worker: bool) -> SpiResult<Vec<Candidate>> {
     if chosen.is_empty() {
         return Ok(chosen);
     }
     let ids: Vec<i64> = chosen.iter().map(|c| c.job_id).collect();
-    let by_worker = matches!(claimant, Claimant::Worker { .. });
     // Only the jobs this statement claimed: one that left `queued` meanwhile is not handed out.
     let claimed: Vec<i64> = Spi::connect_mut(|client| {
         let table = client.update(
@@ -435,6 +474,110 @@ pub fn claim(claimant: &Claimant<'_>, profiler_pipeline: &str) -> SpiResult<Vec<
         Ok::<_, pgrx::spi::Error>(claimed)
     })?;
     Ok(chosen.into_iter().filter(|c| claimed.contains(&c.job_id)).collect())
+}
+
+/// The store's next queued window of the run, unless one of its windows failed or ended
+/// partial in it (its later windows are skipped), as a dispatch candidate.
+fn next_window_of_store(run_id: &str, pipeline_id: i64, store_code: &str) -> SpiResult<Vec<Candidate>> {
+    candidates_of(
+        "SELECT j.id, j.run_id::text, j.store_code::text, coalesce((r.parameters->>'max_workers')::int, 1),
+                j.pipeline_id, (p.source -> 'limits' ->> 'max_concurrent_stores')::int
+         FROM orders_sync.sync_jobs j
+         JOIN orders_sync.pipeline_run_summaries r ON r.run_id = j.run_id AND r.overall_status = 'running'
+         JOIN orders_sync.pipelines p ON p.id = j.pipeline_id
+         WHERE j.pipeline_id = $2 AND j.store_code = $3 AND j.status = 'queued' AND j.run_id = $1
+           AND NOT EXISTS (SELECT 1 FROM orders_sync.sync_jobs f
+                           WHERE f.run_id = $1 AND f.status IN ('failed', 'partial')
+                             AND f.pipeline_id = $2 AND f.store_code = $3)
+         ORDER BY j.from_date, j.id
+         LIMIT 1",
+        &[run_id.into(), pipeline_id.into(), store_code.into()],
+    )
+}
+
+/// The run's queued windows after job `after_job`, in id order, each only if it is its
+/// store's first open window and none of the store's windows failed or ended partial in the
+/// run: read from `after_job` on (ix_sync_jobs_queued), a few at a time.
+fn windows_after(run_id: &str, after_job: i64) -> SpiResult<Vec<Candidate>> {
+    candidates_of(
+        "SELECT n.id, n.run_id::text, n.store_code::text, coalesce((r.parameters->>'max_workers')::int, 1),
+                n.pipeline_id, (p.source -> 'limits' ->> 'max_concurrent_stores')::int
+         FROM orders_sync.pipeline_run_summaries r
+         CROSS JOIN LATERAL (
+             SELECT j.id, j.run_id, j.pipeline_id, j.store_code, j.from_date FROM orders_sync.sync_jobs j
+             WHERE j.run_id = r.run_id AND j.status = 'queued' AND j.id > $2
+             ORDER BY j.id LIMIT 64
+         ) n
+         JOIN orders_sync.pipelines p ON p.id = n.pipeline_id
+         WHERE r.run_id = $1 AND r.overall_status = 'running'
+           AND NOT EXISTS (SELECT 1 FROM orders_sync.sync_jobs e
+                           WHERE e.pipeline_id = n.pipeline_id AND e.store_code = n.store_code
+                             AND e.status IN ('queued', 'running') AND e.run_id = n.run_id
+                             AND (e.from_date, e.id) < (n.from_date, n.id))
+           AND NOT EXISTS (SELECT 1 FROM orders_sync.sync_jobs f
+                           WHERE f.run_id = n.run_id AND f.status IN ('failed', 'partial')
+                             AND f.pipeline_id = n.pipeline_id AND f.store_code = n.store_code)
+         ORDER BY n.id",
+        &[run_id.into(), after_job.into()],
+    )
+}
+
+/// The dispatch candidates a query returns, one a row: job id, run id, store code, the run's
+/// cap, pipeline id and the pipeline's cap (NULL: none).
+fn candidates_of(query: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> SpiResult<Vec<Candidate>> {
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(query, None, args)? {
+            out.push(Candidate {
+                job_id: row.get::<i64>(1)?.unwrap_or_default(),
+                run_id: row.get::<String>(2)?.unwrap_or_default(),
+                store_code: row.get::<String>(3)?.unwrap_or_default(),
+                run_cap: i64::from(row.get::<i32>(4)?.unwrap_or(1)),
+                pipeline_id: row.get::<i64>(5)?.unwrap_or_default(),
+                // The pipeline's cap over all runs (docs/design.md#limits); NULL: none.
+                pipeline_cap: row.get::<i32>(6)?.map(i64::from),
+            });
+        }
+        Ok(out)
+    })
+}
+
+/// Whether every running profiler run already runs its `max_workers` windows, or has as many
+/// job workers alive: a worker between two windows of its run holds its slot (it claims its
+/// next window itself), so the launcher neither reads the queue for it nor takes its slot.
+fn every_run_at_cap(profiler_pipeline: &str, running: &[dispatch::RunningJob]) -> SpiResult<bool> {
+    Spi::connect(|client| {
+        let mut caps = 0i64;
+        let mut all_at_cap = true;
+        for row in client.select(
+            "SELECT run_id::text, coalesce((parameters->>'max_workers')::int, 1)
+             FROM orders_sync.pipeline_run_summaries
+             WHERE overall_status = 'running' AND pipeline_name = $1",
+            None,
+            &[profiler_pipeline.into()],
+        )? {
+            let run_id = row.get::<String>(1)?.unwrap_or_default();
+            let cap = i64::from(row.get::<i32>(2)?.unwrap_or(1));
+            caps += cap;
+            if (running.iter().filter(|job| job.run_id == run_id).count() as i64) < cap {
+                all_at_cap = false;
+            }
+        }
+        if all_at_cap {
+            return Ok(true);
+        }
+        let workers = client
+            .select(
+                "SELECT count(*) FROM pg_catalog.pg_stat_activity
+                 WHERE backend_type = 'orders_sync job' AND datname = current_database()",
+                None,
+                &[],
+            )?
+            .first()
+            .get::<i64>(1)?
+            .unwrap_or(0);
+        Ok(workers >= caps)
+    })
 }
 
 /// A job worker reports in as soon as it starts, before it waits for its store's lock: from

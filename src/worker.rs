@@ -455,6 +455,7 @@ fn sync_window(
     run_env: default!(Option<&str>, "'manual'"),
 ) -> String {
     bgw::refuse_on_standby("sync_window").or_raise();
+    crate::distributed::refuse_on_worker_node("sync_window").or_raise();
     let request =
         manual_window_request(pipeline, store_code, from_date, to_date, orders_only, sales_only, run_env).or_raise();
     bgw::run_worker_and_wait(&request).or_raise();

@@ -12,6 +12,10 @@ use crate::clock;
 use crate::fetch::Record;
 use crate::outcome::{PulledStamp, WindowStatus};
 
+mod bulk;
+
+use bulk::BulkOutcome;
+
 /// A store's date window of one pipeline: the unit the planner plans and the log records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
@@ -73,23 +77,25 @@ pub fn classify(records: &[Record], stored: &[(String, Option<[u8; 16]>)]) -> Ve
 /// The upsert is bound by the primary-key index, so the work is shaped for it: records come
 /// sorted by id (key order); what is stored for their ids is read in one index range scan
 /// and merged with the page here, so unchanged records are never written (a re-sync writes
-/// no row versions), new ones take a plain INSERT (no speculative-insertion probe, half the
-/// cost of ON CONFLICT) and only changed ones an upsert. The store's advisory lock keeps
-/// other workers from writing the store between the lookup and the insert; a writer outside
-/// orders_sync that does makes the INSERT fail on the key, which fails the window truthfully.
+/// no row versions), new ones go through COPY's bulk path (`bulk`: multi-row heap inserts,
+/// no per-page SQL, no speculative-insertion probe) and only changed ones an upsert. The
+/// store's advisory lock keeps other workers from writing the store between the lookup and
+/// the load; a writer outside orders_sync that does makes the load hit the key, and the
+/// page's new records are then written with the upsert instead (docs/design.md#writing).
 pub fn write_page(
     window: &Window,
     job_id: i64,
     stream: &str,
     page_no: i32,
-    mut records: Vec<Record>,
+    records: Vec<Record>,
     next_page_token: Option<&str>,
 ) -> SpiResult<i64> {
-    if !records.is_sorted_by(|a, b| a.id < b.id) {
-        // A fetched page is already sorted with unique ids; anything else is made so.
-        crate::fetch::sort_keeping_last_of_each_id(&mut records);
+    // On Citus the page goes through routed SQL, never the bulk path (docs/design.md#citus).
+    if crate::distributed::store_tables_distributed()? {
+        return crate::distributed::write_page(window, job_id, stream, page_no, records, next_page_token);
     }
-    Spi::connect_mut(|client| {
+    let records = in_key_order(records);
+    let (absent, changed) = Spi::connect_mut(|client| -> SpiResult<(Vec<Record>, Vec<Record>)> {
         let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
         client.update(
             r#"
@@ -113,24 +119,53 @@ pub fn write_page(
                 job_id.into(),
             ]),
         )?;
-        if records.is_empty() {
-            return Ok(0);
-        }
+        new_and_changed(client, window, stream, records)
+    })?;
+    let inserted = match bulk::load_new_records(window, stream, &absent) {
+        BulkOutcome::Loaded(stored) => stored,
+        BulkOutcome::Conflict => Spi::connect_mut(|client| insert_records(client, window, stream, absent, true))?,
+        BulkOutcome::Refused(_) => Spi::connect_mut(|client| insert_records(client, window, stream, absent, false))?,
+    };
+    let updated = if changed.is_empty() {
+        0
+    } else {
+        Spi::connect_mut(|client| insert_records(client, window, stream, changed, true))?
+    };
+    Ok(inserted + updated)
+}
 
-        let stored = stored_versions(client, window, stream, &ids)?;
-        let classes = classify(&records, &stored);
-        let (mut absent, mut changed) = (Vec::new(), Vec::new());
-        for (record, class) in records.into_iter().zip(classes) {
-            match class {
-                Stored::Absent => absent.push(record),
-                Stored::Changed => changed.push(record),
-                Stored::Unchanged => {}
-            }
+/// A page's records sorted by id with unique ids, as every write expects. A fetched page
+/// already is; anything else is made so.
+pub(crate) fn in_key_order(mut records: Vec<Record>) -> Vec<Record> {
+    if !records.is_sorted_by(|a, b| a.id < b.id) {
+        crate::fetch::sort_keeping_last_of_each_id(&mut records);
+    }
+    records
+}
+
+/// A page's records (in key order) split into the new ones and the changed ones, by what is
+/// stored for their ids; unchanged ones are dropped: they are not written.
+pub(crate) fn new_and_changed(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    window: &Window,
+    stream: &str,
+    records: Vec<Record>,
+) -> SpiResult<(Vec<Record>, Vec<Record>)> {
+    if records.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    let stored = stored_versions(client, window, stream, &ids)?;
+    let classes = classify(&records, &stored);
+    let (mut absent, mut changed) = (Vec::new(), Vec::new());
+    for (record, class) in records.into_iter().zip(classes) {
+        match class {
+            Stored::Absent => absent.push(record),
+            Stored::Changed => changed.push(record),
+            Stored::Unchanged => {}
         }
-        let inserted = insert_records(client, window, stream, absent, false)?;
-        let updated = insert_records(client, window, stream, changed, true)?;
-        Ok(inserted + updated)
-    })
+    }
+    Ok((absent, changed))
 }
 
 /// The (id, md5) pairs stored for `ids` (sorted), sorted by id. Usually one index range scan
@@ -140,7 +175,7 @@ pub fn write_page(
 ///
 /// The range is only trusted when the server's "C" order is the page's order, i.e. the
 /// database stores the ids' UTF-8 bytes as they are. In another encoding a range could miss
-/// stored ids (which the plain INSERT would then collide with), so the ids are looked up
+/// stored ids (which the bulk load would then collide with), so the ids are looked up
 /// one by one there, and the result is put in Rust's order before the merge.
 fn stored_versions(
     client: &mut pgrx::spi::SpiClient<'_>,
@@ -211,8 +246,51 @@ fn read_versions(
     Ok(versions)
 }
 
-/// Inserts `records` (sorted by id) in one statement: a plain INSERT for records known to be
-/// absent, an upsert on the natural key for changed ones. Returns the rows written.
+/// What turns an insert of a page's records into an upsert: a changed record replaces the
+/// stored one; one whose payload is unchanged writes no row version. Ends a statement that
+/// names the records table `r`.
+pub(crate) const UPSERT_CLAUSE: &str = r#"
+    ON CONFLICT (pipeline_id, store_code, stream, record_id) DO UPDATE
+    SET record_date = EXCLUDED.record_date,
+        amount = EXCLUDED.amount,
+        payload = EXCLUDED.payload,
+        payload_md5 = EXCLUDED.payload_md5,
+        synced_at = now()
+    WHERE r.payload_md5 IS DISTINCT FROM EXCLUDED.payload_md5
+    "#;
+
+/// A page's records as the column arrays a statement unnests.
+pub(crate) struct RecordColumns {
+    pub ids: Vec<String>,
+    pub dates: Vec<pgrx::datum::Date>,
+    pub amounts: Vec<Option<String>>,
+    pub payloads: Vec<String>,
+    pub md5s: Vec<pgrx::datum::Uuid>,
+}
+
+impl From<Vec<Record>> for RecordColumns {
+    fn from(records: Vec<Record>) -> Self {
+        let mut columns = RecordColumns {
+            ids: Vec::with_capacity(records.len()),
+            dates: Vec::with_capacity(records.len()),
+            amounts: Vec::with_capacity(records.len()),
+            payloads: Vec::with_capacity(records.len()),
+            md5s: Vec::with_capacity(records.len()),
+        };
+        for record in records {
+            columns.dates.push(clock::to_pg(record.date));
+            columns.md5s.push(pgrx::datum::Uuid::from_bytes(record.payload_md5));
+            columns.ids.push(record.id);
+            columns.amounts.push(record.amount);
+            columns.payloads.push(record.payload);
+        }
+        columns
+    }
+}
+
+/// Writes `records` (sorted by id) in one statement: an upsert on the natural key (changed
+/// records, and new ones whose bulk load met a concurrent writer), or a plain INSERT (new
+/// records when COPY may not be used on the table). Returns the rows written.
 fn insert_records(
     client: &mut pgrx::spi::SpiClient<'_>,
     window: &Window,
@@ -223,18 +301,7 @@ fn insert_records(
     if records.is_empty() {
         return Ok(0);
     }
-    let mut ids = Vec::with_capacity(records.len());
-    let mut dates = Vec::with_capacity(records.len());
-    let mut amounts = Vec::with_capacity(records.len());
-    let mut payloads = Vec::with_capacity(records.len());
-    let mut md5s = Vec::with_capacity(records.len());
-    for record in records {
-        dates.push(clock::to_pg(record.date));
-        md5s.push(pgrx::datum::Uuid::from_bytes(record.payload_md5));
-        ids.push(record.id);
-        amounts.push(record.amount);
-        payloads.push(record.payload);
-    }
+    let RecordColumns { ids, dates, amounts, payloads, md5s } = RecordColumns::from(records);
     let insert = r#"
         INSERT INTO orders_sync.records AS r
             (pipeline_id, store_code, stream, record_id, record_date, amount, payload, payload_md5)
@@ -245,16 +312,7 @@ fn insert_records(
                      unnest($6::text[]) AS amount, unnest($7::text[]) AS payload,
                      unnest($8::uuid[]) AS payload_md5) AS u
         "#;
-    let upsert_clause = r#"
-        ON CONFLICT (pipeline_id, store_code, stream, record_id) DO UPDATE
-        SET record_date = EXCLUDED.record_date,
-            amount = EXCLUDED.amount,
-            payload = EXCLUDED.payload,
-            payload_md5 = EXCLUDED.payload_md5,
-            synced_at = now()
-        WHERE r.payload_md5 IS DISTINCT FROM EXCLUDED.payload_md5
-        "#;
-    let query = if upsert { format!("{insert}{upsert_clause}") } else { insert.to_owned() };
+    let query = if upsert { format!("{insert}{UPSERT_CLAUSE}") } else { insert.to_owned() };
     let written = client.update(
         query.as_str(),
         None,

@@ -5,8 +5,9 @@
 //! a JSON body and return a JSON value or a message for a 400, so `http.rs` only routes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -17,6 +18,11 @@ use crate::data::{parse_date, Dataset};
 const MAX_ROWS_PER_DAY: u32 = 10_000_000;
 /// How many data requests `/_control/requests` remembers.
 const LOG_CAPACITY: usize = 1000;
+/// Default lifetime of an OAuth access token (config `token_ttl_s`).
+pub const DEFAULT_TOKEN_TTL_S: u64 = 3600;
+/// Largest `response_delay_ms` / `token_ttl_s` a test may configure.
+const MAX_DELAY_MS: u64 = 600_000;
+const MAX_TOKEN_TTL_S: u64 = 86_400 * 365;
 
 /// Values from the command line; `reset` goes back to these.
 #[derive(Debug, Clone)]
@@ -32,6 +38,58 @@ pub struct App {
     data: RwLock<Dataset>,
     faults: Mutex<Faults>,
     log: Mutex<RequestLog>,
+    /// When the simulator started: `at_ms` of logged requests counts from here.
+    started: Instant,
+    concurrency: Mutex<Concurrency>,
+    /// Config `response_delay_ms`: every data response of every shape waits this long.
+    response_delay_ms: AtomicU64,
+    /// Config `token_ttl_s`: lifetime of OAuth access tokens issued from now on.
+    token_ttl_s: AtomicU64,
+    /// Issued OAuth access tokens and when they expire.
+    oauth_tokens: Mutex<HashMap<String, Instant>>,
+    token_counter: AtomicU64,
+}
+
+/// Data requests in flight now, and the most seen at once since the last reset.
+#[derive(Default)]
+struct Concurrency {
+    in_flight: u64,
+    max_in_flight: u64,
+    /// store -> requests in flight for it (entries removed at 0, so `len` = stores in flight).
+    stores: HashMap<String, u64>,
+    max_stores: u64,
+}
+
+/// Counts one data request as in flight until dropped.
+pub struct InFlight<'a> {
+    app: &'a App,
+    store: Option<String>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut c = lock(&self.app.concurrency);
+        c.in_flight = c.in_flight.saturating_sub(1);
+        if let Some(store) = &self.store {
+            if let Some(k) = c.stores.get_mut(store.as_str()) {
+                *k -= 1;
+                if *k == 0 {
+                    c.stores.remove(store.as_str());
+                }
+            }
+        }
+    }
+}
+
+/// One logged data (or token) request.
+pub struct LogEntry<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub status: u16,
+    /// Whether a credential was sent (Authorization, X-Api-Key or `api_key`), never its value.
+    pub authorization: bool,
+    pub at_ms: u64,
 }
 
 // A panic while a lock is held (there should be none) must not wedge every later request, so
@@ -47,7 +105,78 @@ impl App {
             settings,
             faults: Mutex::new(Faults::default()),
             log: Mutex::new(RequestLog::default()),
+            started: Instant::now(),
+            concurrency: Mutex::new(Concurrency::default()),
+            response_delay_ms: AtomicU64::new(0),
+            token_ttl_s: AtomicU64::new(DEFAULT_TOKEN_TTL_S),
+            oauth_tokens: Mutex::new(HashMap::new()),
+            token_counter: AtomicU64::new(0),
         }
+    }
+
+    /// Milliseconds since the simulator started.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Count a data request as in flight (for `store` when known) until the guard drops.
+    pub fn enter(&self, store: Option<&str>) -> InFlight<'_> {
+        let mut c = lock(&self.concurrency);
+        c.in_flight += 1;
+        c.max_in_flight = c.max_in_flight.max(c.in_flight);
+        if let Some(s) = store {
+            match c.stores.get_mut(s) {
+                Some(k) => *k += 1,
+                None => {
+                    c.stores.insert(s.to_owned(), 1);
+                }
+            }
+            c.max_stores = c.max_stores.max(c.stores.len() as u64);
+        }
+        InFlight { app: self, store: store.map(str::to_owned) }
+    }
+
+    pub fn concurrency_json(&self) -> Value {
+        let c = lock(&self.concurrency);
+        json!({"max_in_flight": c.max_in_flight, "max_stores_in_flight": c.max_stores,
+               "in_flight": c.in_flight, "stores_in_flight": c.stores.len()})
+    }
+
+    /// The configured delay of every data response.
+    pub fn response_delay(&self) -> Duration {
+        Duration::from_millis(self.response_delay_ms.load(Ordering::Relaxed))
+    }
+
+    /// A new OAuth access token, valid for `token_ttl_s`; returns (token, ttl).
+    pub fn issue_token(&self) -> (String, u64) {
+        let ttl = self.token_ttl_s.load(Ordering::Relaxed);
+        let k = self.token_counter.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let a = crate::data::mix(nanos ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.settings.seed);
+        let b = crate::data::mix(a ^ k ^ (std::process::id() as u64) << 32);
+        let token = format!("sim_at_{a:016x}{b:016x}");
+        let expires = Instant::now() + Duration::from_secs(ttl);
+        let mut tokens = lock(&self.oauth_tokens);
+        // Forget expired ones so a long test run does not grow the map forever.
+        if tokens.len() > 10_000 {
+            let now = Instant::now();
+            tokens.retain(|_, e| *e > now);
+        }
+        tokens.insert(token.clone(), expires);
+        (token, ttl)
+    }
+
+    /// Whether `token` was issued, has not expired and was not revoked.
+    pub fn token_valid(&self, token: &str) -> bool {
+        lock(&self.oauth_tokens).get(token).is_some_and(|e| *e > Instant::now())
+    }
+
+    /// `POST /_control/revoke_tokens`: every issued token stops working.
+    pub fn revoke_tokens(&self) -> Value {
+        let mut tokens = lock(&self.oauth_tokens);
+        let revoked = tokens.len();
+        tokens.clear();
+        json!({"ok": true, "revoked": revoked})
     }
 
     pub fn data(&self) -> RwLockReadGuard<'_, Dataset> {
@@ -63,14 +192,24 @@ impl App {
         lock(&self.faults).take(store, stream, page)
     }
 
-    pub fn log_request(&self, path: &str, query: &str, status: u16, authorization: bool) {
+    /// Log a data or token request. The value of an `api_key` query parameter is stored as
+    /// `***`.
+    pub fn log_request(&self, e: LogEntry<'_>) {
+        let query = mask_api_key(e.query);
         let mut log = lock(&self.log);
         log.total += 1;
-        *log.by_status.entry(status).or_default() += 1;
+        *log.by_status.entry(e.status).or_default() += 1;
         if log.recent.len() == LOG_CAPACITY {
             log.recent.pop_front();
         }
-        log.recent.push_back(LoggedRequest { path: path.to_owned(), query: query.to_owned(), status, authorization });
+        log.recent.push_back(LoggedRequest {
+            method: e.method.to_owned(),
+            path: e.path.to_owned(),
+            query,
+            status: e.status,
+            authorization: e.authorization,
+            at_ms: e.at_ms,
+        });
     }
 
     // ---- control endpoints -------------------------------------------------------------
@@ -79,6 +218,14 @@ impl App {
         *self.data_mut() = Dataset::new(self.settings.seed, self.settings.rows_per_day);
         lock(&self.faults).rules.clear();
         *lock(&self.log) = RequestLog::default();
+        self.response_delay_ms.store(0, Ordering::Relaxed);
+        self.token_ttl_s.store(DEFAULT_TOKEN_TTL_S, Ordering::Relaxed);
+        {
+            // Maxima start again from what is in flight now.
+            let mut c = lock(&self.concurrency);
+            c.max_in_flight = c.in_flight;
+            c.max_stores = c.stores.len() as u64;
+        }
         json!({"ok": true})
     }
 
@@ -90,6 +237,8 @@ impl App {
             "store_rows_per_day": d.store_rows_per_day,
             "max_page_size": self.settings.max_page_size,
             "token_required": self.settings.token.is_some(),
+            "response_delay_ms": self.response_delay_ms.load(Ordering::Relaxed),
+            "token_ttl_s": self.token_ttl_s.load(Ordering::Relaxed),
         })
     }
 
@@ -106,6 +255,18 @@ impl App {
             if let Some(bad) = m.keys().find(|s| !valid_store(s)) {
                 return Err(format!("invalid store code {bad:?}"));
             }
+        }
+        if b.response_delay_ms.is_some_and(|v| v > MAX_DELAY_MS) {
+            return Err(format!("response_delay_ms must be <= {MAX_DELAY_MS}"));
+        }
+        if b.token_ttl_s.is_some_and(|v| v > MAX_TOKEN_TTL_S) {
+            return Err(format!("token_ttl_s must be <= {MAX_TOKEN_TTL_S}"));
+        }
+        if let Some(v) = b.response_delay_ms {
+            self.response_delay_ms.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = b.token_ttl_s {
+            self.token_ttl_s.store(v, Ordering::Relaxed);
         }
         {
             let mut d = self.data_mut();
@@ -232,13 +393,42 @@ struct RequestLog {
     recent: VecDeque<LoggedRequest>,
 }
 
-/// Whether an Authorization header was sent is recorded, never its value.
+/// Whether a credential was sent is recorded, never its value.
 #[derive(Serialize)]
 struct LoggedRequest {
+    method: String,
     path: String,
     query: String,
     status: u16,
     authorization: bool,
+    at_ms: u64,
+}
+
+/// `a=1&api_key=secret` -> `a=1&api_key=***`; the name is matched after percent-decoding, as
+/// the shapes read it (`api%5Fkey=secret` is masked too).
+fn mask_api_key(query: &str) -> String {
+    if !query.contains("api_key") && !query.contains('%') {
+        return query.to_owned();
+    }
+    let mut out = String::with_capacity(query.len());
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((k, _)) if is_api_key(k) => {
+                out.push_str(k);
+                out.push_str("=***");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out
+}
+
+/// Whether a raw query parameter name is `api_key` once percent-decoded.
+pub fn is_api_key(raw_name: &str) -> bool {
+    raw_name == "api_key" || crate::http::percent_decode(raw_name).as_deref() == Some("api_key")
 }
 
 // ---- faults ------------------------------------------------------------------------------
@@ -381,6 +571,8 @@ struct ConfigBody {
     rows_per_day: Option<u32>,
     store_rows_per_day: Option<HashMap<String, u32>>,
     seed: Option<u64>,
+    response_delay_ms: Option<u64>,
+    token_ttl_s: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -525,7 +717,17 @@ mod tests {
     fn request_log_is_bounded_and_counts() {
         let a = app();
         for i in 0..1005u32 {
-            a.log_request("/v1/stores/S1/orders", &format!("i={i}"), if i % 2 == 0 { 200 } else { 500 }, true);
+            let query = format!("i={i}");
+            let status = if i % 2 == 0 { 200 } else { 500 };
+            let at_ms = i as u64;
+            a.log_request(LogEntry {
+                method: "GET",
+                path: "/v1/stores/S1/orders",
+                query: &query,
+                status,
+                authorization: true,
+                at_ms,
+            });
         }
         let v = a.requests_json();
         assert_eq!(v["total"], 1005);
@@ -534,5 +736,51 @@ mod tests {
         let recent = v["recent"].as_array().map(Vec::len);
         assert_eq!(recent, Some(1000));
         assert_eq!(v["recent"][999]["query"], "i=1004");
+        assert_eq!(v["recent"][999]["method"], "GET");
+        assert_eq!(v["recent"][999]["at_ms"], 1004);
+        assert_eq!(mask_api_key("store=S&api_key=s3cret&x=1"), "store=S&api_key=***&x=1");
+        assert_eq!(mask_api_key("my_api_key=1"), "my_api_key=1");
+        assert_eq!(mask_api_key("api%5Fkey=s3cret&api_key"), "api%5Fkey=***&api_key");
+        assert_eq!(mask_api_key("a=%20"), "a=%20");
+    }
+
+    #[test]
+    fn concurrency_counts_requests_and_stores() {
+        let a = app();
+        {
+            let _g1 = a.enter(Some("S1"));
+            let _g2 = a.enter(Some("S1"));
+            let _g3 = a.enter(Some("S2"));
+            let _g4 = a.enter(None);
+        }
+        let v = a.concurrency_json();
+        assert_eq!((v["max_in_flight"].clone(), v["max_stores_in_flight"].clone()), (json!(4), json!(2)));
+        assert_eq!(v["in_flight"], 0);
+        let _g = a.enter(Some("S3"));
+        a.reset();
+        let v = a.concurrency_json();
+        assert_eq!((v["max_in_flight"].clone(), v["max_stores_in_flight"].clone()), (json!(1), json!(1)));
+    }
+
+    #[test]
+    fn oauth_tokens_issue_expire_revoke() {
+        let a = app();
+        let (t1, ttl) = a.issue_token();
+        let (t2, _) = a.issue_token();
+        assert_eq!(ttl, DEFAULT_TOKEN_TTL_S);
+        assert_ne!(t1, t2);
+        assert!(a.token_valid(&t1) && a.token_valid(&t2));
+        assert!(!a.token_valid("sim_at_0"));
+        a.revoke_tokens();
+        assert!(!a.token_valid(&t1));
+        a.set_config(br#"{"token_ttl_s":0}"#).expect("config");
+        let (t3, ttl) = a.issue_token();
+        assert_eq!(ttl, 0);
+        assert!(!a.token_valid(&t3), "a 0 s token is expired at once");
+        a.set_config(br#"{"response_delay_ms":25}"#).expect("config");
+        assert_eq!(a.response_delay(), Duration::from_millis(25));
+        a.reset();
+        assert_eq!(a.response_delay(), Duration::ZERO);
+        assert_eq!(a.config_json()["token_ttl_s"], DEFAULT_TOKEN_TTL_S);
     }
 }

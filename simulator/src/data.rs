@@ -103,6 +103,8 @@ pub struct DayCtx<'a> {
     pub total: u32,
     pub date10: [u8; 10],
     pub date8: [u8; 8],
+    /// The date as the integer YYYYMMDD (numeric ids of the shapes are `ymd * 1_000_000 + n`).
+    pub ymd: u64,
     hash: u64,
     edits: Option<&'a DayEdits>,
 }
@@ -126,6 +128,41 @@ impl DayCtx<'_> {
         let deleted = self.edits.map_or(0, |e| e.deleted.range(..self.total).count() as u32);
         self.total - deleted
     }
+
+    /// Row number of the `k`-th (0-based) present row; `k < present()`.
+    pub fn nth_present(&self, k: u32) -> u32 {
+        let mut n = k;
+        if let Some(e) = self.edits {
+            for &d in e.deleted.range(..self.total) {
+                if d <= n {
+                    n += 1;
+                } else {
+                    break;
+                }
+            }
+        }
+        n
+    }
+
+    /// The numeric id of row n: `YYYYMMDD * 1_000_000 + n`.
+    #[inline]
+    pub fn num_id(&self, n: u32) -> u64 {
+        self.ymd * 1_000_000 + n as u64
+    }
+
+    /// Seconds after local midnight at which row n happens (the `nexturl` shape's timestamps):
+    /// `n * 86399 / max(total, 1)`, so a day's rows spread over the day in row order.
+    #[inline]
+    pub fn second_of_day(&self, n: u32) -> u32 {
+        (n as u64 * 86_399 / self.total.max(1) as u64) as u32
+    }
+
+    /// The first row number whose `second_of_day` is at or after `s` (may be `total`).
+    pub fn first_row_at_or_after(&self, s: u32) -> u32 {
+        let t = self.total.max(1) as u64;
+        let n = (s as u64 * t).div_ceil(86_399);
+        n.min(self.total as u64) as u32
+    }
 }
 
 /// The fields of one row. Amount is integer cents: truth sums are exact.
@@ -147,8 +184,9 @@ impl<'a> StreamView<'a> {
         let edits = self.edits.and_then(|m| m.get(&day));
         let total = self.base_rows.saturating_add(edits.map_or(0, |e| e.late));
         let (date10, date8) = date_strings(day);
+        let ymd = date8.iter().fold(0u64, |acc, &b| acc * 10 + (b - b'0') as u64);
         let hash = mix(mix(mix(self.seed ^ self.store_hash) ^ self.stream_hash) ^ (day as u32 as u64));
-        DayCtx { day, total, date10, date8, hash, edits }
+        DayCtx { day, total, date10, date8, ymd, hash, edits }
     }
 
     /// Pure function of (seed, store, stream, day, n, version).
@@ -228,12 +266,35 @@ impl<'a> StreamView<'a> {
         page_size: usize,
         bad_first: bool,
     ) -> (usize, Option<Cursor>) {
+        let end = Cursor { day: to_day.saturating_add(1), n: 0 };
+        self.write_rows(buf, start, end, page_size, |buf, ctx, row, first| {
+            self.write_record(buf, ctx, row, bad_first && first)
+        })
+    }
+
+    /// The paging loop of every shape: calls `write` for up to `page_size` present rows from
+    /// `start` up to `end` (exclusive), comma-separated. Returns how many were written and the
+    /// next present row when the page filled up before `end` (None when the range is exhausted).
+    /// `write` gets whether the row is the page's first.
+    #[inline]
+    pub fn write_rows<F>(
+        &self,
+        buf: &mut BytesMut,
+        start: Cursor,
+        end: Cursor,
+        page_size: usize,
+        mut write: F,
+    ) -> (usize, Option<Cursor>)
+    where
+        F: FnMut(&mut BytesMut, &DayCtx<'a>, &Row, bool),
+    {
         let mut written = 0usize;
         let mut day = start.day;
         let mut n = start.n;
-        while day <= to_day {
+        while day < end.day || (day == end.day && n < end.n) {
             let ctx = self.day(day);
-            while n < ctx.total {
+            let limit = if day == end.day { end.n.min(ctx.total) } else { ctx.total };
+            while n < limit {
                 if !ctx.is_deleted(n) {
                     if written == page_size {
                         return (written, Some(Cursor { day, n }));
@@ -242,7 +303,7 @@ impl<'a> StreamView<'a> {
                         buf.extend_from_slice(b",");
                     }
                     let row = self.row(&ctx, n);
-                    self.write_record(buf, &ctx, &row, bad_first && written == 0);
+                    write(buf, &ctx, &row, written == 0);
                     written += 1;
                 }
                 n += 1;
@@ -251,6 +312,149 @@ impl<'a> StreamView<'a> {
             n = 0;
         }
         (written, None)
+    }
+
+    /// The `offset`-th (0-based) present row of days `from_day..=to_day`, None past the end.
+    /// Cost is one step per day (plus deletions), never per row.
+    pub fn seek(&self, from_day: i32, to_day: i32, offset: u64) -> Option<Cursor> {
+        let mut left = offset;
+        for day in from_day..=to_day {
+            let ctx = self.day(day);
+            let present = ctx.present() as u64;
+            if left < present {
+                return Some(Cursor { day, n: ctx.nth_present(left as u32) });
+            }
+            left -= present;
+        }
+        None
+    }
+
+    /// Present rows of days `from_day..=to_day`.
+    pub fn count(&self, from_day: i32, to_day: i32) -> u64 {
+        (from_day..=to_day).map(|d| self.day(d).present() as u64).sum()
+    }
+
+    /// The v1 fields after `amount`: `,"customer_id":..,"rev":N}`.
+    #[inline]
+    fn write_tail(buf: &mut BytesMut, row: &Row) {
+        buf.extend_from_slice(b",\"customer_id\":\"C");
+        write_padded(buf, row.customer as u64, 7);
+        buf.extend_from_slice(b"\",\"sku\":\"SKU-");
+        write_padded(buf, row.sku as u64, 5);
+        buf.extend_from_slice(b"\",\"qty\":");
+        write_u64(buf, row.qty as u64);
+        buf.extend_from_slice(b",\"channel\":\"");
+        buf.extend_from_slice(row.channel.as_bytes());
+        buf.extend_from_slice(b"\",\"currency\":\"INR\",\"rev\":");
+        write_u64(buf, row.version as u64);
+        buf.extend_from_slice(b"}");
+    }
+
+    /// A `nexturl` record: nested order, UTC timestamp, string amount. `prev_date10` is the
+    /// date before `ctx`'s (a row before 07:00 local is still the previous day in UTC).
+    /// `omit_date` drops `created_at` (the `bad_record` fault).
+    #[inline]
+    pub fn write_nexturl_record(
+        buf: &mut BytesMut,
+        ctx: &DayCtx<'_>,
+        prev_date10: &[u8; 10],
+        row: &Row,
+        omit_date: bool,
+    ) {
+        buf.extend_from_slice(b"{\"order\":{\"number\":");
+        write_u64(buf, ctx.num_id(row.n));
+        buf.extend_from_slice(b",\"channel\":\"");
+        buf.extend_from_slice(row.channel.as_bytes());
+        if !omit_date {
+            buf.extend_from_slice(b"\"},\"created_at\":\"");
+            let local = ctx.second_of_day(row.n) as i64;
+            let mut utc = local - 7 * 3600;
+            if utc < 0 {
+                utc += 86_400;
+                buf.extend_from_slice(prev_date10);
+            } else {
+                buf.extend_from_slice(&ctx.date10);
+            }
+            let (h, m, sec) = ((utc / 3600) as u8, (utc / 60 % 60) as u8, (utc % 60) as u8);
+            let d = |v: u8| [b'0' + v / 10, b'0' + v % 10];
+            let (h, m, sec) = (d(h), d(m), d(sec));
+            buf.extend_from_slice(&[b'T', h[0], h[1], b':', m[0], m[1], b':', sec[0], sec[1]]);
+            buf.extend_from_slice(b"Z\",\"total\":");
+        } else {
+            buf.extend_from_slice(b"\"},\"total\":");
+        }
+        match row.cents {
+            Some(c) => {
+                buf.extend_from_slice(b"\"");
+                write_cents(buf, c);
+                buf.extend_from_slice(b"\"");
+            }
+            None => buf.extend_from_slice(b"null"),
+        }
+        buf.extend_from_slice(b",\"customer\":\"C");
+        write_padded(buf, row.customer as u64, 7);
+        buf.extend_from_slice(b"\",\"sku\":\"SKU-");
+        write_padded(buf, row.sku as u64, 5);
+        buf.extend_from_slice(b"\",\"qty\":");
+        write_u64(buf, row.qty as u64);
+        buf.extend_from_slice(b",\"currency\":\"INR\",\"rev\":");
+        write_u64(buf, row.version as u64);
+        buf.extend_from_slice(b"}");
+    }
+
+    /// A `link` record: register + receipt number, business day, integer cents.
+    #[inline]
+    pub fn write_link_record(buf: &mut BytesMut, ctx: &DayCtx<'_>, row: &Row, omit_date: bool) {
+        buf.extend_from_slice(b"{\"register\":\"R");
+        write_u64(buf, (row.n % 3 + 1) as u64);
+        buf.extend_from_slice(b"\",\"receipt_no\":");
+        write_u64(buf, ctx.num_id(row.n));
+        if !omit_date {
+            buf.extend_from_slice(b",\"business_day\":\"");
+            buf.extend_from_slice(&ctx.date10);
+            buf.extend_from_slice(b"\"");
+        }
+        buf.extend_from_slice(b",\"amount_cents\":");
+        match row.cents {
+            Some(c) => {
+                if c < 0 {
+                    buf.extend_from_slice(b"-");
+                }
+                write_u64(buf, c.unsigned_abs());
+            }
+            None => buf.extend_from_slice(b"null"),
+        }
+        Self::write_tail(buf, row);
+    }
+
+    /// An `offset` record: numeric id, date, amount as a JSON number.
+    #[inline]
+    pub fn write_offset_record(buf: &mut BytesMut, ctx: &DayCtx<'_>, row: &Row, omit_date: bool) {
+        buf.extend_from_slice(b"{\"id\":");
+        write_u64(buf, ctx.num_id(row.n));
+        if !omit_date {
+            buf.extend_from_slice(b",\"date\":\"");
+            buf.extend_from_slice(&ctx.date10);
+            buf.extend_from_slice(b"\"");
+        }
+        buf.extend_from_slice(b",\"amount\":");
+        match row.cents {
+            Some(c) => write_cents(buf, c),
+            None => buf.extend_from_slice(b"null"),
+        }
+        Self::write_tail(buf, row);
+    }
+
+    /// Parse a v1 id of this store/stream (any day) to its position.
+    pub fn parse_any_id(&self, id: &str) -> Option<Cursor> {
+        let rest = id.strip_prefix(self.stream)?.strip_prefix('-')?;
+        let rest = rest.strip_prefix(self.store)?.strip_prefix('-')?;
+        let (d8, digits) = rest.split_once('-')?;
+        let day = parse_date8(d8)?;
+        if digits.len() < 6 || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(Cursor { day, n: digits.parse().ok()? })
     }
 
     /// The id of row n of a day, unescaped (for the truth API and deletions by id).
@@ -281,6 +485,17 @@ impl<'a> StreamView<'a> {
 
     /// What the source holds for a window, ignoring paging and faults.
     pub fn truth(&self, from_day: i32, to_day: i32, with_ids: bool) -> Truth {
+        self.truth_with(from_day, to_day, with_ids, |v, ctx, n| v.id_string(ctx, n))
+    }
+
+    /// [`Self::truth`] with ids as `id` maps them (the shapes' ids).
+    pub fn truth_with(
+        &self,
+        from_day: i32,
+        to_day: i32,
+        with_ids: bool,
+        id: impl Fn(&Self, &DayCtx<'_>, u32) -> String,
+    ) -> Truth {
         let mut t = Truth { count: 0, cents: 0, days: Vec::new(), ids: with_ids.then(Vec::new) };
         for day in from_day..=to_day {
             let ctx = self.day(day);
@@ -294,7 +509,7 @@ impl<'a> StreamView<'a> {
                 count += 1;
                 cents += row.cents.unwrap_or(0) as i128;
                 if let Some(ids) = t.ids.as_mut() {
-                    ids.push(self.id_string(&ctx, n));
+                    ids.push(id(self, &ctx, n));
                 }
             }
             t.count += count;
@@ -627,6 +842,90 @@ mod tests {
         assert_eq!(v.parse_id(&ctx, &id), Some(7));
         assert_eq!(v.parse_id(&ctx, "orders-S-1-20240506-000007"), None);
         assert_eq!(v.parse_id(&ctx, "orders-S-1-20240505-7"), None);
+    }
+
+    #[test]
+    fn seek_count_and_end_cursors() {
+        let mut ds = Dataset::new(9, 5);
+        let (d1, d2, d3) = (day("2024-01-01"), day("2024-01-02"), day("2024-01-03"));
+        ds.day_edits_mut("S", "orders", d2).deleted.extend([0, 2, 3]);
+        ds.day_edits_mut("S", "orders", d3).late = 2;
+        let v = ds.view("S", "orders");
+        assert_eq!(v.count(d1, d3), 5 + 2 + 7);
+        let truth = v.truth(d1, d3, true).ids.unwrap_or_default();
+        // Every offset lands on the row the truth lists at that position.
+        for (k, id) in truth.iter().enumerate() {
+            let c = v.seek(d1, d3, k as u64).expect("in range");
+            assert_eq!(&v.id_string(&v.day(c.day), c.n), id, "offset {k}");
+            assert_eq!(v.parse_any_id(id), Some(c));
+        }
+        assert_eq!(v.seek(d1, d3, truth.len() as u64), None);
+        assert_eq!(v.seek(d2, d1, 0), None);
+        assert_eq!(v.parse_any_id("orders-T-20240101-000001"), None);
+        assert_eq!(v.parse_any_id("orders-S-2024010-000001"), None);
+        // An end cursor inside a day stops there.
+        let mut buf = BytesMut::new();
+        let (w, next) =
+            v.write_rows(&mut buf, Cursor { day: d1, n: 3 }, Cursor { day: d2, n: 2 }, 100, |b, c, r, _| {
+                b.extend_from_slice(v.id_string(c, r.n).as_bytes())
+            });
+        assert_eq!((w, next), (3, None), "{}", String::from_utf8_lossy(&buf));
+        // Numeric ids and local seconds.
+        let ctx = v.day(d3);
+        assert_eq!(ctx.num_id(5), 20_240_103_000_005);
+        assert_eq!((ctx.second_of_day(0), ctx.second_of_day(6)), (0, 6 * 86_399 / 7));
+        for s in [0, 1, 12_342, 12_343, 86_398, 86_399] {
+            let n = ctx.first_row_at_or_after(s);
+            assert!(n == ctx.total || ctx.second_of_day(n) >= s);
+            assert!(n == 0 || ctx.second_of_day(n - 1) < s, "{s}");
+        }
+    }
+
+    #[test]
+    fn shape_records_are_valid_json() {
+        let ds = Dataset::new(5, 40);
+        let v = ds.view("S1", "orders");
+        let ctx = v.day(day("2024-05-05"));
+        let prev = date_strings(ctx.day - 1).0;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"[");
+        for n in 0..40 {
+            let row = v.row(&ctx, n);
+            StreamView::write_nexturl_record(&mut buf, &ctx, &prev, &row, n == 1);
+            buf.extend_from_slice(b",");
+            StreamView::write_link_record(&mut buf, &ctx, &row, n == 1);
+            buf.extend_from_slice(b",");
+            StreamView::write_offset_record(&mut buf, &ctx, &row, n == 1);
+            buf.extend_from_slice(b",");
+        }
+        buf.extend_from_slice(b"null]");
+        let recs: Vec<Value> = serde_json::from_slice(&buf).expect("valid JSON");
+        assert_eq!(recs[0]["created_at"], "2024-05-04T17:00:00Z");
+        assert_eq!(recs[0]["order"]["number"], 20_240_505_000_000u64);
+        assert!(recs[3].get("created_at").is_none() && recs[4].get("business_day").is_none());
+        assert!(recs[5].get("date").is_none());
+        let last = &recs[39 * 3];
+        assert_eq!(last["created_at"], "2024-05-05T16:23:59Z");
+        for r in &recs[..120] {
+            let cents = v
+                .row(
+                    &ctx,
+                    (r["order"]["number"].as_u64().or(r["receipt_no"].as_u64()).or(r["id"].as_u64()).unwrap_or(0)
+                        % 1_000_000) as u32,
+                )
+                .cents;
+            match cents {
+                None => assert!(r["total"].is_null() && r["amount_cents"].is_null() && r["amount"].is_null()),
+                Some(c) => {
+                    if let Some(t) = r["total"].as_str() {
+                        assert_eq!(t, cents_string(c as i128));
+                    }
+                    if r.get("amount_cents").is_some() {
+                        assert_eq!(r["amount_cents"].as_i64(), Some(c));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,16 +1,43 @@
-//! Routing and the data endpoint.
+//! Routing and the data endpoints.
 //!
 //! ```text
-//! GET    /v1/stores/{store}/{stream}?from&to&page_size[&page_token]   the wire contract
-//! GET    /_truth/stores/{store}/{stream}?from&to[&ids=true]           what the source holds
-//! POST   /_control/{reset,config,late_rows,delete_rows,change_rows,faults}
-//! GET    /_control/{config,requests,faults}
+//! GET    /v1/stores/{store}/{stream}?from&to&page_size[&page_token]   the wire contract (Bearer T)
+//!
+//! Shapes (shapes.rs; auth only when started with --token T; ids: NUM = YYYYMMDD*1e6 + n):
+//! GET    /nexturl/v2/orders?store_code&channel&since&until&limit[&cursor]
+//!          RFC 3339 since (incl.) / until (excl.), business day in UTC+07:00; X-Api-Key: T
+//!          -> {"result":{"items":[{"order":{"number":NUM,"channel"},"created_at":"..Z","total":"12.34"|null,..}]},
+//!              "links":{"next":"http://<Host>/nexturl/v2/orders?<query>&cursor=C"|null}}
+//! GET    /link/stores/{store}/{stream}/receipts?from_ts&to_ts&per_page[&page]
+//!          Unix seconds, to_ts exclusive, days whose 00:00Z is in range; page 1-based;
+//!          Basic base64("orders_sync:T") -> [{"register":"R1","receipt_no":NUM,"business_day",
+//!          "amount_cents":1234|null,..}] + `Link: <next>; rel="next"` unless last page
+//! GET    /offset/api/{stream}?store&from_ms&to_ms&offset&limit[&api_key]
+//!          Unix ms, to_ms inclusive; api_key=T -> {"data":{"orders":[{"id":NUM,"date","amount",..}]},
+//!          "meta":{"total":N}}
+//! GET    /page0/{store}/{stream}?date_from&date_to&page&size    date_to exclusive, page 0-based,
+//!          Bearer T -> {"items":[v1 records]} (empty past the end)
+//! GET    /page1/{store}/{stream}?date_from&date_to&page&size    page 1-based, Bearer T
+//!          -> {"items":[v1 records],"total_pages":K}
+//! POST   /lastid/search  application/json {"store","stream","from","to"(incl.),"limit"[,"starting_after"]}
+//!          Bearer <token from /oauth/token> -> {"data":[v1 records],"has_more":bool}
+//! GET    /none/{store}/{stream}?from&to                          inclusive, Bearer T -> {"orders":[v1 records]}
+//! POST   /oauth/token    form grant_type=client_credentials&client_id=orders_sync&client_secret=T
+//!          [&scope=orders.read] (or the client in a Basic header)
+//!          -> {"access_token","token_type":"Bearer","expires_in":token_ttl_s,"scope"}
+//!
+//! GET    /_truth/stores/{store}/{stream}?from&to[&ids=true][&shape=NAME]   what the source holds
+//!          (ids as that shape's client maps them: v1 id, NUM, or "R<n%3+1>:NUM" for link)
+//! POST   /_control/{reset,config,late_rows,delete_rows,change_rows,faults,revoke_tokens}
+//! GET    /_control/{config,requests,faults,concurrency}
 //! DELETE /_control/faults
 //! ```
 //!
-//! Only data requests (anything outside `/_control` and `/_truth`) are logged, and only `/v1`
-//! is subject to faults and the bearer token: the truth and control endpoints are the tests'
-//! own back door and must keep working while faults are on.
+//! Only data requests (anything outside `/_control` and `/_truth`) and token requests are
+//! logged (with `method` and `at_ms`, never a credential: `api_key` values read `***`). Data
+//! requests of every shape are counted in flight (`/_control/concurrency`), wait
+//! `response_delay_ms`, and are subject to faults and credentials; the truth and control
+//! endpoints are the tests' own back door and must keep working while faults are on.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,12 +49,13 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::control::{valid_store, valid_stream, App, EchoPlace, FaultAction, FaultKind};
+use crate::control::{valid_store, valid_stream, App, EchoPlace, FaultAction, FaultKind, LogEntry};
 use crate::data::{cents_string, day_string, parse_date, MAX_WINDOW_DAYS};
+use crate::shapes::{self, Shape};
 use crate::token::{self, PageToken};
 
 /// Control bodies are tiny; anything bigger is a mistake.
@@ -92,66 +120,123 @@ fn huge_filler() -> &'static Bytes {
     })
 }
 
-fn full(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<SimBody> {
+pub(crate) fn full(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<SimBody> {
     let mut r = Response::new(SimBody::Full(Some(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response<SimBody> {
+pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response<SimBody> {
     // Serialising a serde_json::Value cannot fail.
     let body = serde_json::to_vec(v).unwrap_or_default();
     full(status, "application/json", Bytes::from(body))
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response<SimBody> {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response<SimBody> {
     json_response(status, &json!({"error": msg.into()}))
 }
 
 // ---- routing --------------------------------------------------------------------------------
 
 pub async fn handle(req: Request<Incoming>, app: Arc<App>) -> Response<SimBody> {
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().unwrap_or("").to_owned();
+    let at_ms = app.now_ms();
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or("").to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let r = Req {
+        app: &app,
+        method: &parts.method,
+        path: &path,
+        query: &query,
+        headers: &parts.headers,
+        at_ms,
+        auth_present: credential_present(&parts.headers, &query),
+    };
     match segments.as_slice() {
-        ["v1", "stores", store, stream] => {
-            let method_ok = req.method() == Method::GET;
-            let auth = req.headers().get(AUTHORIZATION).cloned();
-            data_request(&app, store, stream, &query, method_ok, auth.as_ref()).await
-        }
+        ["v1", "stores", store, stream] => data_request(&r, store, stream).await,
+        ["nexturl", "v2", "orders"] => shapes::nexturl(&r).await,
+        ["link", "stores", store, stream, "receipts"] => shapes::link(&r, store, stream).await,
+        ["offset", "api", stream] => shapes::offset(&r, stream).await,
+        ["page0", store, stream] => shapes::page_number(&r, store, stream, 0).await,
+        ["page1", store, stream] => shapes::page_number(&r, store, stream, 1).await,
+        ["lastid", "search"] => shapes::lastid(&r, body).await,
+        ["none", store, stream] => shapes::no_paging(&r, store, stream).await,
+        ["oauth", "token"] => shapes::oauth_token(&r, body).await,
         ["_truth", "stores", store, stream] => {
-            if req.method() != Method::GET {
+            if parts.method != Method::GET {
                 return error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
             }
             truth(&app, store, stream, &query)
         }
         ["_control", what] => {
             let what = (*what).to_owned();
-            control(req, &app, &what).await
+            control(&parts.method, body, &app, &what).await
         }
         _ => {
             // Wrong data URLs are logged too: a test can then see what a client asked for.
             if !path.starts_with("/_control") && !path.starts_with("/_truth") {
-                let auth = req.headers().contains_key(AUTHORIZATION);
-                app.log_request(&path, &query, 404, auth);
+                r.log(StatusCode::NOT_FOUND);
             }
             error(StatusCode::NOT_FOUND, format!("no route for {path}"))
         }
     }
 }
 
-async fn control(req: Request<Incoming>, app: &App, what: &str) -> Response<SimBody> {
-    let method = req.method().clone();
-    let result = match (&method, what) {
+/// One incoming request, as the data handlers of every shape see it.
+#[derive(Clone, Copy)]
+pub(crate) struct Req<'a> {
+    pub app: &'a App,
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: &'a HeaderMap,
+    /// Milliseconds since the simulator started, when the request arrived.
+    pub at_ms: u64,
+    /// A credential was sent (Authorization, X-Api-Key or an `api_key` parameter).
+    pub auth_present: bool,
+}
+
+impl Req<'_> {
+    /// Log this request with `status` (credentials never logged; `api_key` masked).
+    pub fn log(&self, status: StatusCode) {
+        self.app.log_request(LogEntry {
+            method: self.method.as_str(),
+            path: self.path,
+            query: self.query,
+            status: status.as_u16(),
+            authorization: self.auth_present,
+            at_ms: self.at_ms,
+        });
+    }
+
+    /// The configured `response_delay_ms`, slept while counted in flight.
+    pub async fn delay(&self) {
+        let d = self.app.response_delay();
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+}
+
+fn credential_present(headers: &HeaderMap, query: &str) -> bool {
+    headers.contains_key(AUTHORIZATION)
+        || headers.contains_key("x-api-key")
+        || query.split('&').any(|p| crate::control::is_api_key(p.split_once('=').map_or(p, |(k, _)| k)))
+}
+
+async fn control(method: &Method, body: Incoming, app: &App, what: &str) -> Response<SimBody> {
+    let result = match (method, what) {
         (&Method::GET, "config") => Ok(app.config_json()),
         (&Method::GET, "requests") => Ok(app.requests_json()),
         (&Method::GET, "faults") => Ok(app.faults_json()),
+        (&Method::GET, "concurrency") => Ok(app.concurrency_json()),
         (&Method::POST, "reset") => Ok(app.reset()),
+        (&Method::POST, "revoke_tokens") => Ok(app.revoke_tokens()),
         (&Method::DELETE, "faults") => Ok(app.clear_faults()),
         (&Method::POST, "config" | "late_rows" | "delete_rows" | "change_rows" | "faults") => {
-            let body = match Limited::new(req.into_body(), MAX_CONTROL_BODY).collect().await {
+            let body = match Limited::new(body, MAX_CONTROL_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
             };
@@ -189,17 +274,14 @@ impl PageQuery {
     }
 }
 
-async fn data_request(
-    app: &App,
-    raw_store: &str,
-    raw_stream: &str,
-    query: &str,
-    method_ok: bool,
-    auth: Option<&HeaderValue>,
-) -> Response<SimBody> {
-    let path = format!("/v1/stores/{raw_store}/{raw_stream}");
-    let log = |status: StatusCode| app.log_request(&path, query, status.as_u16(), auth.is_some());
-    let q = match validate(app, raw_store, raw_stream, query, method_ok, auth) {
+async fn data_request(r: &Req<'_>, raw_store: &str, raw_stream: &str) -> Response<SimBody> {
+    let app = r.app;
+    let store_hint = percent_decode(raw_store);
+    let _in_flight = app.enter(store_hint.as_deref());
+    r.delay().await;
+    let auth = r.headers.get(AUTHORIZATION);
+    let log = |status: StatusCode| r.log(status);
+    let q = match validate(app, raw_store, raw_stream, r.query, r.method == Method::GET, auth) {
         Ok(q) => q,
         Err(resp) => {
             log(resp.status());
@@ -271,16 +353,7 @@ fn echo_token(q: &PageQuery, fault: &FaultAction, auth: Option<&HeaderValue>) ->
         }
         EchoPlace::Date => page(format!(r#"{{"id":"echo-1","date":{}}}"#, json(credential))),
         EchoPlace::Amount => page(format!(r#"{{"id":"echo-1","date":{from},"amount":{credential}}}"#)),
-        EchoPlace::Body => {
-            let half: String = credential.chars().take(credential.chars().count().div_ceil(2)).collect();
-            let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::BAD_REQUEST);
-            let message = format!(
-                "you sent {header}; as a URL: {}; lower: {}; starting: {half}",
-                percent_encode(credential, false),
-                percent_encode(credential, true)
-            );
-            error(status, message)
-        }
+        EchoPlace::Body => echo_body(fault, &header, credential),
         EchoPlace::Headers => {
             let mut r = error(StatusCode::UNAUTHORIZED, "credential echoed in the headers");
             if let Some(auth) = auth {
@@ -295,8 +368,21 @@ fn echo_token(q: &PageQuery, fault: &FaultAction, auth: Option<&HeaderValue>) ->
     }
 }
 
+/// The `body` place of `echo_token`: an error quoting the credential raw, percent-encoded
+/// (upper and lower case) and its first half.
+pub(crate) fn echo_body(fault: &FaultAction, header: &str, credential: &str) -> Response<SimBody> {
+    let half: String = credential.chars().take(credential.chars().count().div_ceil(2)).collect();
+    let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let message = format!(
+        "you sent {header}; as a URL: {}; lower: {}; starting: {half}",
+        percent_encode(credential, false),
+        percent_encode(credential, true)
+    );
+    error(status, message)
+}
+
 /// Every byte but ASCII letters, digits and `-._~` as `%XX`.
-fn percent_encode(text: &str, lower: bool) -> String {
+pub(crate) fn percent_encode(text: &str, lower: bool) -> String {
     let mut out = String::with_capacity(text.len() * 3);
     for &b in text.as_bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -310,7 +396,7 @@ fn percent_encode(text: &str, lower: bool) -> String {
     out
 }
 
-fn status_fault(status: StatusCode, fault: &FaultAction) -> Response<SimBody> {
+pub(crate) fn status_fault(status: StatusCode, fault: &FaultAction) -> Response<SimBody> {
     let mut r = error(status, format!("injected fault: status {}", status.as_u16()));
     if let Some(secs) = fault.retry_after {
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
@@ -362,7 +448,7 @@ fn validate(
 
 /// Constant-time-ish comparison is not needed on loopback; exact match of the credential,
 /// with the scheme name case-insensitive as RFC 7235 says.
-fn bearer_matches(auth: Option<&HeaderValue>, expected: &str) -> bool {
+pub(crate) fn bearer_matches(auth: Option<&HeaderValue>, expected: &str) -> bool {
     let Some(v) = auth.and_then(|h| h.to_str().ok()) else {
         return false;
     };
@@ -376,6 +462,17 @@ thread_local! {
     /// Reused response buffer: `split().freeze()` hands the bytes to hyper, and once hyper
     /// drops them the next `reserve` reclaims the same allocation.
     static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Render a body into the reused per-thread buffer.
+pub(crate) fn render(reserve: usize, f: impl FnOnce(&mut BytesMut)) -> Bytes {
+    SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        buf.clear();
+        buf.reserve(reserve);
+        f(&mut buf);
+        buf.split().freeze()
+    })
 }
 
 /// `{"data":[...],"next_page_token":...}` for one page. `bad_first` drops the first record's
@@ -438,7 +535,14 @@ fn truth(app: &App, raw_store: &str, raw_stream: &str, query: &str) -> Response<
         Some("true" | "1") => true,
         Some(other) => return error(StatusCode::BAD_REQUEST, format!("ids must be true or false, not {other:?}")),
     };
-    let t = app.data().view(&store, &stream).truth(from, to, with_ids);
+    let shape = match params.get("shape") {
+        None => Shape::V1,
+        Some(name) => match Shape::parse(name) {
+            Some(s) => s,
+            None => return error(StatusCode::BAD_REQUEST, format!("unknown shape {name:?} (want {})", Shape::NAMES)),
+        },
+    };
+    let t = app.data().view(&store, &stream).truth_with(from, to, with_ids, |v, ctx, n| shape.truth_id(v, ctx, n));
     let days: Vec<Value> =
         t.days.iter().map(|d| json!({"date": d.date, "count": d.count, "amount_sum": cents_string(d.cents)})).collect();
     let mut v = json!({"count": t.count, "amount_sum": cents_string(t.cents), "days": days});
@@ -450,7 +554,7 @@ fn truth(app: &App, raw_store: &str, raw_stream: &str, query: &str) -> Response<
 
 // ---- query helpers ------------------------------------------------------------------------------
 
-fn window(params: &HashMap<String, String>) -> Result<(i32, i32), String> {
+pub(crate) fn window(params: &HashMap<String, String>) -> Result<(i32, i32), String> {
     let date = |name: &str| -> Result<i32, String> {
         let v = params.get(name).ok_or_else(|| format!("{name} is required"))?;
         parse_date(v).ok_or_else(|| format!("{name} {v:?} is not a YYYY-MM-DD date"))
@@ -467,7 +571,7 @@ fn window(params: &HashMap<String, String>) -> Result<(i32, i32), String> {
 
 /// `a=1&b=2` with percent-decoding (and `+` as space, as forms encode it). A repeated
 /// parameter is an error: it would hide a client bug.
-fn parse_query(q: &str) -> Result<HashMap<String, String>, String> {
+pub(crate) fn parse_query(q: &str) -> Result<HashMap<String, String>, String> {
     let mut out = HashMap::new();
     for pair in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -481,7 +585,7 @@ fn parse_query(q: &str) -> Result<HashMap<String, String>, String> {
 }
 
 /// Strict percent-decoding to UTF-8; None on a bad escape or invalid UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

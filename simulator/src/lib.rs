@@ -7,6 +7,7 @@
 pub mod control;
 pub mod data;
 pub mod http;
+pub mod shapes;
 pub mod token;
 
 use std::convert::Infallible;

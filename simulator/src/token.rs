@@ -22,18 +22,31 @@ fn check(store: &str, stream: &str, from_day: i32, to_day: i32) -> u32 {
 }
 
 pub fn encode(t: PageToken, store: &str, stream: &str, from_day: i32, to_day: i32) -> String {
-    let (_, d8) = date_strings(t.cursor.day);
-    format!(
-        "p{}.d{}.n{}.c{:08x}",
-        t.page,
-        String::from_utf8_lossy(&d8),
-        t.cursor.n,
-        check(store, stream, from_day, to_day)
-    )
+    encode_checked(t, check(store, stream, from_day, to_day))
 }
 
 /// None for anything that is not a token this chain could have issued.
 pub fn decode(s: &str, store: &str, stream: &str, from_day: i32, to_day: i32) -> Option<PageToken> {
+    decode_checked(s, from_day, to_day, check(store, stream, from_day, to_day))
+}
+
+/// A token bound to any `key` (the shapes bind theirs to store, stream and their own range
+/// parameters); same format as the v1 token.
+pub fn encode_keyed(t: PageToken, key: &str) -> String {
+    encode_checked(t, fnv1a(key.as_bytes()) as u32)
+}
+
+/// Decode a token of [`encode_keyed`]; its day must lie in `lo_day..=hi_day`.
+pub fn decode_keyed(s: &str, key: &str, lo_day: i32, hi_day: i32) -> Option<PageToken> {
+    decode_checked(s, lo_day, hi_day, fnv1a(key.as_bytes()) as u32)
+}
+
+fn encode_checked(t: PageToken, c: u32) -> String {
+    let (_, d8) = date_strings(t.cursor.day);
+    format!("p{}.d{}.n{}.c{:08x}", t.page, String::from_utf8_lossy(&d8), t.cursor.n, c)
+}
+
+fn decode_checked(s: &str, from_day: i32, to_day: i32, expected: u32) -> Option<PageToken> {
     let mut parts = s.split('.');
     let page: u64 = parts.next()?.strip_prefix('p')?.parse().ok()?;
     let day = parse_date8(parts.next()?.strip_prefix('d')?)?;
@@ -42,7 +55,7 @@ pub fn decode(s: &str, store: &str, stream: &str, from_day: i32, to_day: i32) ->
     if parts.next().is_some() || page == 0 || day < from_day || day > to_day {
         return None;
     }
-    if c != check(store, stream, from_day, to_day) {
+    if c != expected {
         return None;
     }
     Some(PageToken { page, cursor: Cursor { day, n } })

@@ -47,17 +47,22 @@ pub enum FetchError {
     #[error("invalid source response: {reason}{}", attempts_note(*.attempts))]
     InvalidPage { reason: SourceText, attempts: u32 },
 
-    /// One record broke the contract; the whole page is rejected. `index` counts from 0.
+    /// One record broke the contract; the whole page is rejected. `index` counts from 0;
+    /// `field` is the profile's path as written (`created_at`, `order.number`) or `record`.
     #[error(
         "invalid record at index {index}{} in source response: {field} {reason}{}",
         id_note(.id.as_ref()),
         attempts_note(*.attempts)
     )]
-    InvalidRecord { index: usize, id: Option<SourceText>, field: &'static str, reason: SourceText, attempts: u32 },
+    InvalidRecord { index: usize, id: Option<SourceText>, field: String, reason: SourceText, attempts: u32 },
 
     /// The window's paging hit one of its bounds (a cycle, the page or time limit).
     #[error("{0}")]
     Bound(super::BoundHit),
+
+    /// The OAuth2 token endpoint did not give an access token.
+    #[error("could not get an OAuth2 access token: {detail}")]
+    Token { detail: SourceText },
 
     /// `should_stop` returned true.
     #[error("fetch stopped on request{}", attempts_note(*.attempts))]
@@ -127,7 +132,7 @@ impl FetchError {
     /// Where the error counts its requests; none for errors made before any request.
     fn attempts_slot(&mut self) -> Option<&mut u32> {
         match self {
-            FetchError::Settings(_) | FetchError::Request(_) | FetchError::Bound(_) => None,
+            FetchError::Settings(_) | FetchError::Request(_) | FetchError::Bound(_) | FetchError::Token { .. } => None,
             FetchError::Status { attempts, .. }
             | FetchError::Timeout { attempts, .. }
             | FetchError::Connect { attempts, .. }
@@ -141,7 +146,6 @@ impl FetchError {
     }
 
     /// The HTTP status, when the source answered with one other than 200.
-    #[cfg(test)]
     pub fn http_status(&self) -> Option<u16> {
         match self {
             FetchError::Status { status, .. } => Some(*status),
@@ -162,7 +166,9 @@ impl FetchError {
             FetchError::Bound(_) => {
                 "raise orders_sync.max_pages_per_window / orders_sync.max_window_seconds (or the pipeline's own), or shorten the window"
             }
-            FetchError::Status { status: 401 | 403, .. } => "check the pipeline's token",
+            FetchError::Status { status: 401 | 403, .. } | FetchError::Token { .. } => {
+                "check the pipeline's credentials in orders_sync.pipeline_credentials and its profile's auth"
+            }
             FetchError::Status { status: 404, .. } => {
                 "check the pipeline's base_url, the store code and the stream name"
             }
@@ -183,7 +189,7 @@ impl FetchError {
             FetchError::MalformedJson { .. }
             | FetchError::InvalidPage { .. }
             | FetchError::InvalidRecord { .. } => {
-                "the source broke the wire contract; nothing from this page was written"
+                "the source answered what its profile does not describe; nothing from this page was written. Try orders_sync.test_source"
             }
         })
     }
@@ -238,7 +244,7 @@ mod tests {
         let e = FetchError::InvalidRecord {
             index: 3,
             id: Some(ours("orders-1")),
-            field: "date",
+            field: "date".to_owned(),
             reason: ours("is missing"),
             attempts: 2,
         };

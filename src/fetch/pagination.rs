@@ -1,9 +1,72 @@
-//! The bounds every window's pagination is held to (docs/design.md#bounds): a source whose page
+//! Which page comes next, by the profile's pagination style ([`next_cursor`]), and the bounds
+//! every window's pagination is held to (docs/design.md#bounds): a source whose page
 //! tokens come round again, or never end, must not keep a worker, its slot and its store's lock
 //! forever. Plain values: the fetch thread asks `PageGuard::follow` before each next page.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use super::profile::Pagination;
+
+/// What a page told about the pages after it (read from its body and headers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageSignals<'a> {
+    /// Records in the body, before duplicates were dropped.
+    pub received: usize,
+    /// The id of the body's last record.
+    pub last_id: Option<&'a str>,
+    /// The token (cursor) or URL (next_url) at the style's body path.
+    pub next: Option<&'a str>,
+    /// The count at `total_path` / `total_pages_path`.
+    pub total: Option<u64>,
+    pub has_more: Option<bool>,
+    /// The `rel="next"` target of the `Link` header.
+    pub link_next: Option<&'a str>,
+}
+
+/// The cursor that asks for the page after the one fetched with `cursor`, or `None` when that
+/// page was the last. The cursor is what the window's progress saves, so an attempt resumes
+/// from it: a token, a next page's URL, an offset, a page number or a last id.
+pub fn next_cursor(style: &Pagination, cursor: Option<&str>, page: &PageSignals<'_>) -> Result<Option<String>, String> {
+    let position = |first: u64| -> Result<u64, String> {
+        cursor.map_or(Ok(first), |c| c.parse::<u64>().map_err(|_| format!("saved cursor {c:?} is not a number")))
+    };
+    Ok(match style {
+        Pagination::Cursor { .. } | Pagination::NextUrl { .. } => page.next.map(str::to_owned),
+        Pagination::LinkHeader {} => page.link_next.map(str::to_owned),
+        Pagination::None {} => None,
+        Pagination::Offset { .. } => {
+            let next = position(0)? + page.received as u64;
+            let done = page.received == 0 || page.total.is_some_and(|total| next >= total);
+            (!done).then(|| next.to_string())
+        }
+        Pagination::PageNumber { first_page, .. } => {
+            let first = u64::from(first_page.0);
+            let current = position(first)?;
+            let pages_read = current.saturating_sub(first) + 1;
+            let done = page.received == 0 || page.total.is_some_and(|total| pages_read >= total);
+            (!done).then(|| (current + 1).to_string())
+        }
+        Pagination::LastId { has_more_path, .. } => match (page.received, page.has_more) {
+            (0, _) | (_, Some(false)) => None,
+            (_, Some(true)) => page.last_id.map(str::to_owned),
+            (_, None) => return Err(format!("{has_more_path} is missing: the page does not say whether more follow")),
+        },
+    })
+}
+
+/// The `rel="next"` target of a `Link` header (RFC 8288): `<url>; rel="next", <url>; rel="last"`.
+pub fn link_next(header: &str) -> Option<&str> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+        let is_next = params.split(';').any(|param| {
+            let Some((name, value)) = param.split_once('=') else { return false };
+            name.trim().eq_ignore_ascii_case("rel")
+                && value.trim().trim_matches('"').split_ascii_whitespace().any(|rel| rel.eq_ignore_ascii_case("next"))
+        });
+        is_next.then_some(target)
+    })
+}
 
 /// How far one window may page: at most `max_pages` pages (counted from the window's first
 /// page, across resumed attempts) and `max_duration` of paging in one attempt.
@@ -17,7 +80,7 @@ pub struct PageBounds {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BoundHit {
     #[error(
-        "page {page_no} returned a next_page_token already returned by page {first_page_no} of this window: the source's pages run in a cycle"
+        "page {page_no} returned a cursor (next_page_token, next page URL or last id) already returned by page {first_page_no} of this window: the source's pages run in a cycle"
     )]
     Cycle { page_no: i32, first_page_no: i32 },
     #[error(
@@ -125,6 +188,67 @@ mod tests {
         assert_eq!(guard.follow(1, "a", start + Duration::from_secs(9)), Ok(()));
         let hit = guard.follow(2, "b", start + Duration::from_secs(10)).unwrap_err();
         assert!(hit.to_string().contains("limit of 10 s of paging per window"), "{hit}");
+    }
+
+    fn signals(received: usize) -> PageSignals<'static> {
+        PageSignals { received, ..PageSignals::default() }
+    }
+
+    #[test]
+    fn offsets_advance_by_the_records_received_and_end_on_an_empty_page_or_the_total() {
+        let style = Pagination::Offset { offset_param: "offset".into(), total_path: None };
+        assert_eq!(next_cursor(&style, None, &signals(100)), Ok(Some("100".into())));
+        assert_eq!(next_cursor(&style, Some("100"), &signals(37)), Ok(Some("137".into())));
+        assert_eq!(next_cursor(&style, Some("137"), &signals(0)), Ok(None));
+        let total = PageSignals { total: Some(137), ..signals(37) };
+        assert_eq!(next_cursor(&style, Some("100"), &total), Ok(None));
+        assert!(next_cursor(&style, Some("x"), &signals(1)).is_err());
+    }
+
+    #[test]
+    fn page_numbers_count_from_the_first_page_and_end_on_an_empty_page_or_the_total() {
+        use super::super::profile::FirstPage;
+        let zero =
+            Pagination::PageNumber { page_param: "page".into(), first_page: FirstPage(0), total_pages_path: None };
+        assert_eq!(next_cursor(&zero, None, &signals(10)), Ok(Some("1".into())));
+        assert_eq!(next_cursor(&zero, Some("1"), &signals(0)), Ok(None));
+        let one =
+            Pagination::PageNumber { page_param: "page".into(), first_page: FirstPage(1), total_pages_path: None };
+        assert_eq!(next_cursor(&one, None, &signals(10)), Ok(Some("2".into())));
+        let last = PageSignals { total: Some(2), ..signals(10) };
+        assert_eq!(next_cursor(&one, Some("2"), &last), Ok(None));
+        assert_eq!(next_cursor(&one, Some("1"), &last), Ok(Some("2".into())));
+    }
+
+    #[test]
+    fn last_ids_follow_has_more() {
+        let style = Pagination::LastId { param: "after".into(), has_more_path: "has_more".parse_path() };
+        let more = PageSignals { last_id: Some("o-9"), has_more: Some(true), ..signals(3) };
+        assert_eq!(next_cursor(&style, None, &more), Ok(Some("o-9".into())));
+        let done = PageSignals { has_more: Some(false), ..more.clone() };
+        assert_eq!(next_cursor(&style, None, &done), Ok(None));
+        let silent = PageSignals { has_more: None, ..more };
+        assert!(next_cursor(&style, None, &silent).unwrap_err().contains("has_more is missing"));
+    }
+
+    #[test]
+    fn the_link_header_gives_the_next_page() {
+        assert_eq!(
+            link_next(r#"<https://a/x?page=2>; rel="next", <https://a/x?page=9>; rel="last""#),
+            Some("https://a/x?page=2")
+        );
+        assert_eq!(link_next(r#"<https://a/x?page=9>; rel="last""#), None);
+        assert_eq!(link_next(r#"<https://a/x?p=1>; rel="prev", <https://a/x?p=3>;rel=next"#), Some("https://a/x?p=3"));
+        assert_eq!(link_next("garbage"), None);
+    }
+
+    trait ParsePath {
+        fn parse_path(&self) -> super::super::profile::FieldPath;
+    }
+    impl ParsePath for &str {
+        fn parse_path(&self) -> super::super::profile::FieldPath {
+            super::super::profile::FieldPath::parse(self).unwrap()
+        }
     }
 
     proptest! {

@@ -14,7 +14,7 @@ use chrono::NaiveDate;
 use serde_json::{json, Value};
 
 use super::leak_check::{base64, encodings, leaked_fragment, sample_tokens};
-use super::{FetchError, Page, PageRequest, SourceClient, SourceSettings};
+use super::{Credentials, FetchError, Page, PageRequest, SourceClient, SourceSettings};
 
 fn simulator_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("ORDERS_SYNC_SIMULATOR") {
@@ -93,7 +93,11 @@ impl Simulator {
     fn settings(&self) -> SourceSettings {
         SourceSettings {
             base_url: self.base_url.clone(),
-            token: None,
+            pipeline_id: 1,
+            profile: None,
+            streams: Vec::new(),
+            timezone: "UTC".to_owned(),
+            credentials: Credentials::default(),
             page_size: 50,
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(5),
@@ -166,9 +170,12 @@ fn fetch_window(client: &SourceClient, request: PageRequest<'_>) -> Vec<Page> {
 #[test]
 fn full_window_follows_page_tokens_and_matches_truth() {
     let sim = Simulator::start(&["--token", "sim-token-1"]);
-    let client =
-        SourceClient::new(SourceSettings { token: Some("sim-token-1".into()), page_size: 37, ..sim.settings() })
-            .expect("client");
+    let client = SourceClient::new(SourceSettings {
+        credentials: Credentials { api_token: Some("sim-token-1".into()), ..Credentials::default() },
+        page_size: 37,
+        ..sim.settings()
+    })
+    .expect("client");
     let request = PageRequest { to: day("2024-01-10"), ..week("S001", "orders") };
     let pages = fetch_window(&client, request);
     let records: Vec<_> = pages.iter().flat_map(|p| &p.records).collect();
@@ -262,7 +269,10 @@ fn not_found_and_bad_request_are_not_retried() {
     sim.fault(json!({"kind": "status", "status": 403, "times": 1}));
     let err = error_of(client.fetch_page(&week("S001", "orders"), &never));
     assert_eq!((err.http_status(), err.attempts()), (Some(403), 1));
-    assert_eq!(err.hint(), Some("check the pipeline's token"));
+    assert_eq!(
+        err.hint(),
+        Some("check the pipeline's credentials in orders_sync.pipeline_credentials and its profile's auth")
+    );
     assert_eq!(sim.requests()["total"], 3);
 }
 
@@ -348,8 +358,11 @@ fn declared_content_length_over_the_limit_is_refused_before_reading() {
 #[test]
 fn wrong_token_is_a_401_that_never_shows_the_token() {
     let sim = Simulator::start(&["--token", "the-right-one"]);
-    let client = SourceClient::new(SourceSettings { token: Some("wrong-s3cret-value".into()), ..sim.settings() })
-        .expect("client");
+    let client = SourceClient::new(SourceSettings {
+        credentials: Credentials { api_token: Some("wrong-s3cret-value".into()), ..Credentials::default() },
+        ..sim.settings()
+    })
+    .expect("client");
     let err = error_of(client.fetch_page(&week("S001", "orders"), &never));
     let message = err.to_string();
     assert_eq!(message, "source answered HTTP 401 Unauthorized: missing or wrong bearer token (after 1 attempt)");
@@ -408,7 +421,11 @@ fn connection_refused_is_retried_then_reported() {
     };
     let client = SourceClient::new(SourceSettings {
         base_url: format!("http://127.0.0.1:{port}/"),
-        token: None,
+        pipeline_id: 1,
+        profile: None,
+        streams: Vec::new(),
+        timezone: "UTC".to_owned(),
+        credentials: Credentials::default(),
         page_size: 10,
         connect_timeout: Duration::from_secs(1),
         read_timeout: Duration::from_secs(1),
@@ -502,7 +519,11 @@ fn hostile_server_echoing_the_token_never_leaks_it() {
     ]);
     let client = SourceClient::new(SourceSettings {
         base_url,
-        token: Some(TOKEN.into()),
+        pipeline_id: 1,
+        profile: None,
+        streams: Vec::new(),
+        timezone: "UTC".to_owned(),
+        credentials: Credentials { api_token: Some(TOKEN.into()), ..Credentials::default() },
         page_size: 10,
         connect_timeout: Duration::from_secs(2),
         read_timeout: Duration::from_secs(2),
@@ -588,7 +609,11 @@ fn echo_everywhere() -> Vec<(&'static str, String, String)> {
 fn echo_source_settings(base_url: String, token: &str) -> SourceSettings {
     SourceSettings {
         base_url,
-        token: Some(token.to_owned()),
+        pipeline_id: 1,
+        profile: None,
+        streams: Vec::new(),
+        timezone: "UTC".to_owned(),
+        credentials: Credentials { api_token: Some(token.to_owned()), ..Credentials::default() },
         page_size: 10,
         connect_timeout: Duration::from_secs(2),
         read_timeout: Duration::from_secs(2),
@@ -651,8 +676,11 @@ fn the_simulator_echoing_the_token_in_each_place_never_gets_it_into_a_message() 
     // No --token: the simulator then takes any credential, including non-ASCII ones.
     let sim = Simulator::start(&[]);
     for token in sample_tokens() {
-        let client =
-            SourceClient::new(SourceSettings { token: Some(token.clone()), ..sim.settings() }).expect("client");
+        let client = SourceClient::new(SourceSettings {
+            credentials: Credentials { api_token: Some(token.clone()), ..Credentials::default() },
+            ..sim.settings()
+        })
+        .expect("client");
         let mut messages = Vec::new();
         for place in ["id", "date", "amount", "body", "headers"] {
             sim.fault(json!({"kind": "echo_token", "place": place, "times": 1}));

@@ -5,6 +5,8 @@
 //! - a store runs one window at a time, whatever the run;
 //! - a run runs at most its `max_workers` windows at once, and all runs together at most
 //!   `orders_sync.max_workers`;
+//! - a pipeline whose profile sets `limits.max_concurrent_stores` runs at most that many
+//!   windows at once, all runs together (docs/design.md#limits);
 //! - a store's windows of a run start in date order, and none after one failed or partial
 //!   (the candidates given here are already each store's first open window, queued ones only).
 
@@ -18,12 +20,16 @@ pub struct Candidate {
     pub store_code: String,
     /// The run's `max_workers`.
     pub run_cap: i64,
+    pub pipeline_id: i64,
+    /// The pipeline's `limits.max_concurrent_stores`; `None`: no cap of its own.
+    pub pipeline_cap: Option<i64>,
 }
 
 /// A job that is running now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningJob {
     pub run_id: String,
+    pub pipeline_id: i64,
     pub store_code: String,
 }
 
@@ -31,9 +37,11 @@ pub struct RunningJob {
 pub fn choose(candidates: &[Candidate], running: &[RunningJob], cluster_cap: i64, limit: usize) -> Vec<Candidate> {
     let mut total = running.len() as i64;
     let mut by_run: HashMap<&str, i64> = HashMap::new();
+    let mut by_pipeline: HashMap<i64, i64> = HashMap::new();
     let mut busy_stores: HashSet<&str> = HashSet::new();
     for job in running {
         *by_run.entry(job.run_id.as_str()).or_insert(0) += 1;
+        *by_pipeline.entry(job.pipeline_id).or_insert(0) += 1;
         busy_stores.insert(job.store_code.as_str());
     }
     let mut chosen = Vec::new();
@@ -42,10 +50,15 @@ pub fn choose(candidates: &[Candidate], running: &[RunningJob], cluster_cap: i64
             break;
         }
         let in_run = by_run.entry(candidate.run_id.as_str()).or_insert(0);
-        if *in_run >= candidate.run_cap || !busy_stores.insert(candidate.store_code.as_str()) {
+        let in_pipeline = by_pipeline.entry(candidate.pipeline_id).or_insert(0);
+        if *in_run >= candidate.run_cap
+            || candidate.pipeline_cap.is_some_and(|cap| *in_pipeline >= cap)
+            || !busy_stores.insert(candidate.store_code.as_str())
+        {
             continue;
         }
         *in_run += 1;
+        *in_pipeline += 1;
         total += 1;
         chosen.push(candidate.clone());
     }
@@ -58,11 +71,23 @@ mod tests {
     use proptest::prelude::*;
 
     fn candidate(job_id: i64, run_id: &str, store_code: &str, run_cap: i64) -> Candidate {
-        Candidate { job_id, run_id: run_id.into(), store_code: store_code.into(), run_cap }
+        Candidate {
+            job_id,
+            run_id: run_id.into(),
+            store_code: store_code.into(),
+            run_cap,
+            pipeline_id: 1,
+            pipeline_cap: None,
+        }
+    }
+
+    /// A candidate of pipeline `pipeline_id`, capped at `pipeline_cap` stores at once.
+    fn of_pipeline(candidate: Candidate, pipeline_id: i64, pipeline_cap: Option<i64>) -> Candidate {
+        Candidate { pipeline_id, pipeline_cap, ..candidate }
     }
 
     fn running(run_id: &str, store_code: &str) -> RunningJob {
-        RunningJob { run_id: run_id.into(), store_code: store_code.into() }
+        RunningJob { run_id: run_id.into(), pipeline_id: 1, store_code: store_code.into() }
     }
 
     fn ids(chosen: &[Candidate]) -> Vec<i64> {
@@ -94,7 +119,58 @@ mod tests {
         assert_eq!(ids(&choose(&candidates, &[], 8, 1)), vec![1]);
     }
 
+    #[test]
+    fn a_pipeline_keeps_to_its_max_concurrent_stores_over_all_runs() {
+        // Pipeline 2 (cap 2) already runs a store in another run; pipeline 3 has no cap.
+        let capped = |job, run, store| of_pipeline(candidate(job, run, store, 8), 2, Some(2));
+        let candidates = [
+            capped(1, "r1", "A"),
+            capped(2, "r1", "B"),
+            capped(3, "r2", "C"),
+            of_pipeline(candidate(4, "r1", "D", 8), 3, None),
+            of_pipeline(candidate(5, "r1", "E", 8), 3, None),
+        ];
+        let running = [RunningJob { run_id: "r0".into(), pipeline_id: 2, store_code: "Z".into() }];
+        assert_eq!(ids(&choose(&candidates, &running, 8, 10)), vec![1, 4, 5]);
+        // Without the running job, two of the capped pipeline's stores start.
+        assert_eq!(ids(&choose(&candidates, &[], 8, 10)), vec![1, 2, 4, 5]);
+    }
+
     proptest! {
+        /// The pipeline cap alone: however candidates and running jobs fall over pipelines,
+        /// no capped pipeline ends up with more than its cap running (unless it already had),
+        /// and no store waits for a cap that is not full.
+        #[test]
+        fn no_pipeline_runs_more_stores_than_its_cap(
+            cands in proptest::collection::vec((0i64..3, 0u8..12), 0..30),
+            runs in proptest::collection::vec((0i64..3, 12u8..16), 0..6),
+            caps in proptest::collection::vec(proptest::option::of(1i64..4), 3),
+        ) {
+            let candidates: Vec<Candidate> = cands.iter().enumerate()
+                .map(|(i, (p, s))| of_pipeline(candidate(i as i64, "r1", &format!("S{s}"), 64), *p, caps[*p as usize]))
+                .collect();
+            let running: Vec<RunningJob> = runs.iter()
+                .map(|(p, s)| RunningJob { run_id: "r0".into(), pipeline_id: *p, store_code: format!("S{s}") })
+                .collect();
+            let chosen = choose(&candidates, &running, 64, usize::MAX);
+            let count = |pipeline: i64| {
+                let before = running.iter().filter(|j| j.pipeline_id == pipeline).count() as i64;
+                (before, before + chosen.iter().filter(|c| c.pipeline_id == pipeline).count() as i64)
+            };
+            for (pipeline, cap) in caps.iter().enumerate() {
+                let (before, after) = count(pipeline as i64);
+                if let Some(cap) = cap {
+                    prop_assert!(after <= (*cap).max(before), "pipeline {pipeline}: {after} running, cap {cap}");
+                }
+            }
+            for c in candidates.iter().filter(|c| chosen.iter().all(|o| o.job_id != c.job_id)) {
+                let store_busy = running.iter().any(|j| j.store_code == c.store_code)
+                    || chosen.iter().any(|o| o.store_code == c.store_code);
+                let pipeline_full = c.pipeline_cap.is_some_and(|cap| count(c.pipeline_id).1 >= cap);
+                prop_assert!(store_busy || pipeline_full, "job {} waited for nothing", c.job_id);
+            }
+        }
+
         #[test]
         fn no_cap_is_ever_exceeded(
             cands in proptest::collection::vec((0u8..3, 0u8..6), 0..30),
