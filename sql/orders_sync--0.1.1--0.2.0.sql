@@ -722,23 +722,26 @@ BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         TRUNCATE orders_sync.store_sync_state;
         RETURN NULL;
-    ELSIF TG_OP = 'DELETE' THEN
-        SELECT array_agg(k.pipeline_id), array_agg(k.store_code) INTO v_pipelines, v_stores
-        FROM (SELECT DISTINCT pipeline_id, store_code::text AS store_code FROM gone_rows) k;
-    ELSE
-        SELECT array_agg(k.pipeline_id), array_agg(k.store_code) INTO v_pipelines, v_stores
-        FROM (SELECT DISTINCT pipeline_id, store_code::text AS store_code FROM written_rows) k;
     END IF;
+    SELECT array_agg(k.pipeline_id), array_agg(k.store_code) INTO v_pipelines, v_stores
+    FROM (SELECT DISTINCT pipeline_id, store_code::text AS store_code FROM log_rows) k;
     IF v_pipelines IS NULL THEN
         RETURN NULL;
     END IF;
-    -- One statement at a time per pair, in a fixed order (no deadlock between two statements
-    -- over many pairs): the recomputation below then starts after any other writer of the
-    -- pair has committed, and sees its rows.
-    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('orders_sync.store_sync_state'),
-                                             pg_catalog.hashtext(k.pipeline_id || '/' || k.store_code))
-    FROM unnest(v_pipelines, v_stores) AS k(pipeline_id, store_code)
-    ORDER BY k.pipeline_id, k.store_code;
+    -- The recomputation below must start after any other writer of a pair has committed, and
+    -- see its rows. A statement over a few pairs locks each pair, in a fixed order (no deadlock
+    -- between two statements over several pairs). One over many pairs (a purge, a backfill)
+    -- locks the state table instead, which waits for every writer already recomputing and
+    -- which later ones wait for: a lock per pair would fill the shared lock table ("out of
+    -- shared memory") on a large estate.
+    IF pg_catalog.cardinality(v_pipelines) > 64 THEN
+        LOCK TABLE orders_sync.store_sync_state IN SHARE ROW EXCLUSIVE MODE;
+    ELSE
+        PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('orders_sync.store_sync_state'),
+                                                 pg_catalog.hashtext(k.pipeline_id || '/' || k.store_code))
+        FROM unnest(v_pipelines, v_stores) AS k(pipeline_id, store_code)
+        ORDER BY k.pipeline_id, k.store_code;
+    END IF;
     DELETE FROM orders_sync.store_sync_state s
     USING unnest(v_pipelines, v_stores) AS k(pipeline_id, store_code)
     WHERE s.pipeline_id = k.pipeline_id AND s.store_code = k.store_code COLLATE "C";
@@ -763,13 +766,13 @@ END
 $$;
 
 CREATE TRIGGER orders_sync_log_state_insert
-    AFTER INSERT ON orders_sync.orders_sync_log REFERENCING NEW TABLE AS written_rows
+    AFTER INSERT ON orders_sync.orders_sync_log REFERENCING NEW TABLE AS log_rows
     FOR EACH STATEMENT EXECUTE FUNCTION orders_sync.store_sync_state_refresh();
 CREATE TRIGGER orders_sync_log_state_update
-    AFTER UPDATE ON orders_sync.orders_sync_log REFERENCING NEW TABLE AS written_rows
+    AFTER UPDATE ON orders_sync.orders_sync_log REFERENCING NEW TABLE AS log_rows
     FOR EACH STATEMENT EXECUTE FUNCTION orders_sync.store_sync_state_refresh();
 CREATE TRIGGER orders_sync_log_state_delete
-    AFTER DELETE ON orders_sync.orders_sync_log REFERENCING OLD TABLE AS gone_rows
+    AFTER DELETE ON orders_sync.orders_sync_log REFERENCING OLD TABLE AS log_rows
     FOR EACH STATEMENT EXECUTE FUNCTION orders_sync.store_sync_state_refresh();
 CREATE TRIGGER orders_sync_log_state_truncate
     AFTER TRUNCATE ON orders_sync.orders_sync_log

@@ -352,6 +352,21 @@ pub fn finish_run(run_id: &str) -> SpiResult<WindowStatus> {
     Ok(summary.status)
 }
 
+/// A run's cap: its `max_workers`, kept in its `parameters` (`$run` names the run's row).
+macro_rules! run_cap {
+    ($run:literal) => {
+        concat!("coalesce((", $run, ".parameters ->> 'max_workers')::int, 1)")
+    };
+}
+
+/// A pipeline's cap over all runs (docs/design.md#limits): its profile's
+/// `limits.max_concurrent_stores`, NULL for none (`$pipeline` names the pipeline's row).
+macro_rules! pipeline_cap {
+    ($pipeline:literal) => {
+        concat!("(", $pipeline, ".source -> 'limits' ->> 'max_concurrent_stores')::int")
+    };
+}
+
 /// Serialises every decision that takes a worker slot (launcher ticks, job chaining), so
 /// concurrent decisions never both see a free slot. Held until the caller's commit.
 const DISPATCH_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('orders_sync.dispatch'), 0)";
@@ -370,6 +385,11 @@ pub enum Claimant<'a> {
 /// (its worker reports in when it starts).
 pub fn claim(claimant: &Claimant<'_>, profiler_pipeline: &str) -> SpiResult<Vec<Candidate>> {
     Spi::run(DISPATCH_LOCK)?;
+    if let Claimant::Worker { run_id, pipeline_id, store_code, after_job } = claimant {
+        if let Some(next) = hand_on_slot(run_id, *pipeline_id, store_code, *after_job)? {
+            return mark_claimed(vec![next], true);
+        }
+    }
     let running = Spi::connect(|client| {
         let table = client.select(
             "SELECT run_id::text, store_code::text, pipeline_id FROM orders_sync.sync_jobs WHERE status = 'running'",
@@ -420,9 +440,12 @@ pub fn claim(claimant: &Claimant<'_>, profiler_pipeline: &str) -> SpiResult<Vec<
         // a run is waited on with `wait => true`, the waiting call holds back the xmin
         // horizon, so every finished job leaves dead index entries a per-window probe
         // would visit again.)
-        "WITH open AS MATERIALIZED (
+        concat!(
+            "WITH open AS MATERIALIZED (
              SELECT j.id, j.run_id, j.pipeline_id, j.store_code, j.from_date, j.status, r.started_at,
-                    coalesce((r.parameters->>'max_workers')::int, 1) AS run_cap
+                    ",
+            run_cap!("r"),
+            " AS run_cap
              FROM orders_sync.pipeline_run_summaries r
              JOIN orders_sync.sync_jobs j ON j.run_id = r.run_id AND j.status IN ('queued', 'failed', 'partial')
              WHERE r.overall_status = 'running' AND r.pipeline_name = $1
@@ -437,17 +460,59 @@ pub fn claim(claimant: &Claimant<'_>, profiler_pipeline: &str) -> SpiResult<Vec<
              FROM open
              ORDER BY run_id, pipeline_id, store_code, status = 'queued', from_date, id
          )
-         SELECT f.id, f.run_id::text, f.store_code::text, f.run_cap, f.pipeline_id,
-                -- The pipeline's cap over all runs (docs/design.md#limits); NULL: none.
-                (p.source -> 'limits' ->> 'max_concurrent_stores')::int AS pipeline_cap
+         SELECT f.id, f.run_id::text, f.store_code::text, f.run_cap, f.pipeline_id, ",
+            pipeline_cap!("p"),
+            "
          FROM firsts f
          JOIN orders_sync.pipelines p ON p.id = f.pipeline_id
          WHERE f.status = 'queued'
-         ORDER BY coalesce(f.pipeline_id = $3 AND f.store_code = $4, false) DESC, f.started_at, f.id",
+         ORDER BY coalesce(f.pipeline_id = $3 AND f.store_code = $4, false) DESC, f.started_at, f.id"
+        ),
         &[profiler_pipeline.into(), run_id.into(), pipeline_id.into(), store_code.into()],
     )?;
     let chosen = dispatch::choose(&candidates, &running, cluster_cap, limit);
     mark_claimed(chosen, by_worker)
+}
+
+/// The window a job worker whose window has just ended takes in its place without counting
+/// the running jobs (`dispatch::hand_on`): its store's next window, else one after the window
+/// it ran. While a run is waited on, every claimed job leaves dead entries in the running
+/// jobs' index that nothing can remove during the run, so counting them would make each claim
+/// slower than the last, and the dispatch lock makes every other claim wait for it. None:
+/// nothing to hand on to, or a capped pipeline's count decides; `claim` then counts.
+fn hand_on_slot(run_id: &str, pipeline_id: i64, store_code: &str, after_job: i64) -> SpiResult<Option<Candidate>> {
+    let nearby: [&dyn Fn() -> SpiResult<Vec<Candidate>>; 2] =
+        [&|| next_window_of_store(run_id, pipeline_id, store_code), &|| windows_after(run_id, after_job)];
+    for candidates in nearby {
+        let candidates = candidates()?;
+        match dispatch::hand_on(&candidates, &busy_stores(&candidates)?) {
+            dispatch::HandOn::To(next) => return Ok(Some(next)),
+            dispatch::HandOn::NeedsCount => return Ok(None),
+            dispatch::HandOn::NoneFree => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Which of the candidates' stores run a window now, whatever the run: read through those
+/// stores' own entries of `ix_sync_jobs_running`.
+fn busy_stores(candidates: &[Candidate]) -> SpiResult<std::collections::HashSet<String>> {
+    if candidates.is_empty() {
+        return Ok(Default::default());
+    }
+    let stores: Vec<&str> = candidates.iter().map(|c| c.store_code.as_str()).collect();
+    Spi::connect(|client| {
+        let mut busy = std::collections::HashSet::new();
+        for row in client.select(
+            "SELECT DISTINCT store_code::text FROM orders_sync.sync_jobs
+             WHERE status = 'running' AND store_code = ANY ($1::text[])",
+            None,
+            &[stores.into()],
+        )? {
+            busy.insert(row.get::<String>(1)?.unwrap_or_default());
+        }
+        Ok(busy)
+    })
 }
 
 /// Marks `chosen` running: with the worker's pid for a worker, without one for the launcher.
@@ -480,8 +545,12 @@ fn mark_claimed(chosen: Vec<Candidate>, by_worker: bool) -> SpiResult<Vec<Candid
 /// partial in it (its later windows are skipped), as a dispatch candidate.
 fn next_window_of_store(run_id: &str, pipeline_id: i64, store_code: &str) -> SpiResult<Vec<Candidate>> {
     candidates_of(
-        "SELECT j.id, j.run_id::text, j.store_code::text, coalesce((r.parameters->>'max_workers')::int, 1),
-                j.pipeline_id, (p.source -> 'limits' ->> 'max_concurrent_stores')::int
+        concat!(
+            "SELECT j.id, j.run_id::text, j.store_code::text, ",
+            run_cap!("r"),
+            ", j.pipeline_id, ",
+            pipeline_cap!("p"),
+            "
          FROM orders_sync.sync_jobs j
          JOIN orders_sync.pipeline_run_summaries r ON r.run_id = j.run_id AND r.overall_status = 'running'
          JOIN orders_sync.pipelines p ON p.id = j.pipeline_id
@@ -490,7 +559,8 @@ fn next_window_of_store(run_id: &str, pipeline_id: i64, store_code: &str) -> Spi
                            WHERE f.run_id = $1 AND f.status IN ('failed', 'partial')
                              AND f.pipeline_id = $2 AND f.store_code = $3)
          ORDER BY j.from_date, j.id
-         LIMIT 1",
+         LIMIT 1"
+        ),
         &[run_id.into(), pipeline_id.into(), store_code.into()],
     )
 }
@@ -500,8 +570,12 @@ fn next_window_of_store(run_id: &str, pipeline_id: i64, store_code: &str) -> Spi
 /// run: read from `after_job` on (ix_sync_jobs_queued), a few at a time.
 fn windows_after(run_id: &str, after_job: i64) -> SpiResult<Vec<Candidate>> {
     candidates_of(
-        "SELECT n.id, n.run_id::text, n.store_code::text, coalesce((r.parameters->>'max_workers')::int, 1),
-                n.pipeline_id, (p.source -> 'limits' ->> 'max_concurrent_stores')::int
+        concat!(
+            "SELECT n.id, n.run_id::text, n.store_code::text, ",
+            run_cap!("r"),
+            ", n.pipeline_id, ",
+            pipeline_cap!("p"),
+            "
          FROM orders_sync.pipeline_run_summaries r
          CROSS JOIN LATERAL (
              SELECT j.id, j.run_id, j.pipeline_id, j.store_code, j.from_date FROM orders_sync.sync_jobs j
@@ -517,7 +591,8 @@ fn windows_after(run_id: &str, after_job: i64) -> SpiResult<Vec<Candidate>> {
            AND NOT EXISTS (SELECT 1 FROM orders_sync.sync_jobs f
                            WHERE f.run_id = n.run_id AND f.status IN ('failed', 'partial')
                              AND f.pipeline_id = n.pipeline_id AND f.store_code = n.store_code)
-         ORDER BY n.id",
+         ORDER BY n.id"
+        ),
         &[run_id.into(), after_job.into()],
     )
 }
@@ -534,7 +609,6 @@ fn candidates_of(query: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> SpiResu
                 store_code: row.get::<String>(3)?.unwrap_or_default(),
                 run_cap: i64::from(row.get::<i32>(4)?.unwrap_or(1)),
                 pipeline_id: row.get::<i64>(5)?.unwrap_or_default(),
-                // The pipeline's cap over all runs (docs/design.md#limits); NULL: none.
                 pipeline_cap: row.get::<i32>(6)?.map(i64::from),
             });
         }
@@ -550,9 +624,12 @@ fn every_run_at_cap(profiler_pipeline: &str, running: &[dispatch::RunningJob]) -
         let mut caps = 0i64;
         let mut all_at_cap = true;
         for row in client.select(
-            "SELECT run_id::text, coalesce((parameters->>'max_workers')::int, 1)
-             FROM orders_sync.pipeline_run_summaries
-             WHERE overall_status = 'running' AND pipeline_name = $1",
+            concat!(
+                "SELECT r.run_id::text, ",
+                run_cap!("r"),
+                " FROM orders_sync.pipeline_run_summaries r
+                 WHERE r.overall_status = 'running' AND r.pipeline_name = $1"
+            ),
             None,
             &[profiler_pipeline.into()],
         )? {

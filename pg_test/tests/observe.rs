@@ -537,3 +537,50 @@ fn store_freshness_follows_every_change_to_the_log() {
     assert_eq!(freshness(&mut db), ("never_synced".into(), None, None));
     db.batch_execute("DELETE FROM orders_sync.pipeline_run_summaries WHERE run_id IN ('fresh-a', 'fresh-b')").unwrap();
 }
+
+/// A statement over more (pipeline, store) pairs than the shared lock table holds (an estate's
+/// history inserted at once, a purge): the state still follows it, where a lock per pair ran
+/// out of shared memory and refused the statement.
+#[test]
+fn store_freshness_follows_statements_over_a_whole_estate() {
+    let mut db = connect();
+    ensure_extension(&mut db);
+    let lock_slots: i64 = scalar(
+        &mut db,
+        "SELECT current_setting('max_locks_per_transaction')::bigint
+                * (current_setting('max_connections')::bigint + current_setting('max_worker_processes')::bigint)",
+    );
+    // Stores of two pipelines, well over what the lock table could hold as one lock each.
+    let stores = lock_slots * 3;
+    db.batch_execute(&format!(
+        "INSERT INTO orders_sync.pipeline_run_summaries (run_id, pipeline_name, run_env) VALUES ('estate-wide', 'it', 'it');
+         INSERT INTO orders_sync.orders_sync_log (pipeline_id, run_id, run_env, store_code, from_date, to_date, status)
+         SELECT p.id, 'estate-wide', 'it', format('W%s', lpad(i::text, 6, '0')), '2026-02-01', '2026-02-03', 'success'
+         FROM generate_series(1, {stores}) i
+         CROSS JOIN (SELECT id FROM orders_sync.pipelines WHERE code IN ('td_orders_sync', 'uc_orders_sync')) p"
+    ))
+    .unwrap();
+    let state = |db: &mut Client| -> (i64, i64) {
+        let row = db
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE s.last_status = l.status AND s.last_success_day
+                                                           IS NOT DISTINCT FROM CASE WHEN l.status = 'success' THEN l.to_date END)
+                 FROM orders_sync.store_sync_state s
+                 JOIN orders_sync.orders_sync_log l ON l.pipeline_id = s.pipeline_id AND l.store_code = s.store_code
+                 WHERE l.run_id = 'estate-wide'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(state(&mut db), (2 * stores, 2 * stores), "every pair's state after the insert");
+    db.batch_execute("UPDATE orders_sync.orders_sync_log SET status = 'failed' WHERE run_id = 'estate-wide'").unwrap();
+    assert_eq!(state(&mut db), (2 * stores, 2 * stores), "every pair's state after the update");
+    db.batch_execute(
+        "DELETE FROM orders_sync.orders_sync_log WHERE run_id = 'estate-wide';
+         DELETE FROM orders_sync.pipeline_run_summaries WHERE run_id = 'estate-wide'",
+    )
+    .unwrap();
+    let left: i64 = scalar(&mut db, "SELECT count(*) FROM orders_sync.store_sync_state WHERE store_code LIKE 'W%'");
+    assert_eq!(left, 0, "the state of deleted pairs is gone");
+}

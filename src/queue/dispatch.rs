@@ -65,6 +65,32 @@ pub fn choose(candidates: &[Candidate], running: &[RunningJob], cluster_cap: i64
     chosen
 }
 
+/// What a job worker whose window has just ended may take without counting the running jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandOn {
+    /// The first candidate whose store is free: it takes the worker's slot.
+    To(Candidate),
+    /// The first candidate whose store is free belongs to a pipeline with a cap of its own:
+    /// only the pipeline's running jobs can say whether it may start.
+    NeedsCount,
+    /// Every candidate's store runs a window now.
+    NoneFree,
+}
+
+/// The worker's slot handed on to the first of `candidates` (windows of the worker's own run,
+/// in the order to consider them) whose store is not among `busy_stores`. Handing on keeps the
+/// run's count and the cluster's count as they were while the worker's window ran, so neither
+/// needs counting; that is what keeps a worker's claim flat however many windows the run has
+/// already run (docs/design.md#caps). A pipeline's own cap is counted, so that a cap lowered
+/// while the run goes on takes effect at once.
+pub fn hand_on(candidates: &[Candidate], busy_stores: &HashSet<String>) -> HandOn {
+    match candidates.iter().find(|c| !busy_stores.contains(&c.store_code)) {
+        None => HandOn::NoneFree,
+        Some(c) if c.pipeline_cap.is_some() => HandOn::NeedsCount,
+        Some(c) => HandOn::To(c.clone()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +162,26 @@ mod tests {
         assert_eq!(ids(&choose(&candidates, &[], 8, 10)), vec![1, 2, 4, 5]);
     }
 
+    #[test]
+    fn a_worker_hands_its_slot_to_the_first_free_store() {
+        let candidates = [candidate(1, "r1", "A", 2), candidate(2, "r1", "B", 2)];
+        let busy: HashSet<String> = ["A".to_owned()].into();
+        assert_eq!(hand_on(&candidates, &busy), HandOn::To(candidates[1].clone()));
+        assert_eq!(hand_on(&candidates, &HashSet::new()), HandOn::To(candidates[0].clone()));
+        let all: HashSet<String> = ["A".to_owned(), "B".to_owned()].into();
+        assert_eq!(hand_on(&candidates, &all), HandOn::NoneFree);
+        assert_eq!(hand_on(&[], &HashSet::new()), HandOn::NoneFree);
+    }
+
+    #[test]
+    fn a_capped_pipeline_is_counted_not_handed_on() {
+        let candidates = [of_pipeline(candidate(1, "r1", "A", 2), 2, Some(3)), candidate(2, "r1", "B", 2)];
+        assert_eq!(hand_on(&candidates, &HashSet::new()), HandOn::NeedsCount);
+        // A busy store is passed over before the cap is looked at.
+        let busy: HashSet<String> = ["A".to_owned()].into();
+        assert_eq!(hand_on(&candidates, &busy), HandOn::To(candidates[1].clone()));
+    }
+
     proptest! {
         /// The pipeline cap alone: however candidates and running jobs fall over pipelines,
         /// no capped pipeline ends up with more than its cap running (unless it already had),
@@ -168,6 +214,34 @@ mod tests {
                     || chosen.iter().any(|o| o.store_code == c.store_code);
                 let pipeline_full = c.pipeline_cap.is_some_and(|cap| count(c.pipeline_id).1 >= cap);
                 prop_assert!(store_busy || pipeline_full, "job {} waited for nothing", c.job_id);
+            }
+        }
+
+        /// Handing on decides as counting would: whenever the worker's slot is free (its run
+        /// and the cluster below their caps without it), the window handed on is the one
+        /// `choose` picks from the same candidates, and nothing is handed on when `choose`
+        /// finds nothing.
+        #[test]
+        fn handing_on_picks_what_counting_would(
+            cands in proptest::collection::vec((0u8..8, proptest::option::of(1i64..3)), 0..12),
+            others in proptest::collection::vec((0u8..2, 0u8..12), 0..4),
+            run_cap in 1i64..6,
+        ) {
+            let candidates: Vec<Candidate> = cands.iter().enumerate()
+                .map(|(i, (s, cap))| of_pipeline(candidate(i as i64, "r1", &format!("S{s}"), run_cap), 1 + i64::from(cap.is_some()), *cap))
+                .collect();
+            let running: Vec<RunningJob> = others.iter()
+                .map(|(r, s)| running(&format!("r{r}"), &format!("S{s}")))
+                .collect();
+            let in_run = running.iter().filter(|j| j.run_id == "r1").count() as i64;
+            prop_assume!(in_run < run_cap);
+            let cluster_cap = running.len() as i64 + 1;
+            let busy: HashSet<String> = running.iter().map(|j| j.store_code.clone()).collect();
+            let chosen = choose(&candidates, &running, cluster_cap, 1);
+            match hand_on(&candidates, &busy) {
+                HandOn::To(c) => prop_assert_eq!(chosen, vec![c]),
+                HandOn::NoneFree => prop_assert!(chosen.is_empty()),
+                HandOn::NeedsCount => {}
             }
         }
 
