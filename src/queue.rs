@@ -384,6 +384,9 @@ pub enum Claimant<'a> {
 /// marking them `running`: with the worker's pid for a worker, without one for the launcher
 /// (its worker reports in when it starts).
 pub fn claim(claimant: &Claimant<'_>, profiler_pipeline: &str) -> SpiResult<Vec<Candidate>> {
+    if matches!(claimant, Claimant::Launcher) && workers_hold_every_slot(profiler_pipeline)? {
+        return Ok(Vec::new());
+    }
     Spi::run(DISPATCH_LOCK)?;
     if let Claimant::Worker { run_id, pipeline_id, store_code, after_job } = claimant {
         if let Some(next) = hand_on_slot(run_id, *pipeline_id, store_code, *after_job)? {
@@ -616,13 +619,9 @@ fn candidates_of(query: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> SpiResu
     })
 }
 
-/// Whether every running profiler run already runs its `max_workers` windows, or has as many
-/// job workers alive: a worker between two windows of its run holds its slot (it claims its
-/// next window itself), so the launcher neither reads the queue for it nor takes its slot.
+/// Whether every running profiler run already runs its `max_workers` windows.
 fn every_run_at_cap(profiler_pipeline: &str, running: &[dispatch::RunningJob]) -> SpiResult<bool> {
     Spi::connect(|client| {
-        let mut caps = 0i64;
-        let mut all_at_cap = true;
         for row in client.select(
             concat!(
                 "SELECT r.run_id::text, ",
@@ -635,26 +634,33 @@ fn every_run_at_cap(profiler_pipeline: &str, running: &[dispatch::RunningJob]) -
         )? {
             let run_id = row.get::<String>(1)?.unwrap_or_default();
             let cap = i64::from(row.get::<i32>(2)?.unwrap_or(1));
-            caps += cap;
             if (running.iter().filter(|job| job.run_id == run_id).count() as i64) < cap {
-                all_at_cap = false;
+                return Ok(false);
             }
         }
-        if all_at_cap {
-            return Ok(true);
-        }
-        let workers = client
-            .select(
-                "SELECT count(*) FROM pg_catalog.pg_stat_activity
-                 WHERE backend_type = 'orders_sync job' AND datname = current_database()",
-                None,
-                &[],
-            )?
-            .first()
-            .get::<i64>(1)?
-            .unwrap_or(0);
-        Ok(workers >= caps)
+        Ok(true)
     })
+}
+
+/// Whether the running profiler runs have as many job workers alive as their caps add up to:
+/// a worker between two windows of its run holds its slot (it claims its next window itself),
+/// so the launcher neither reads the queue for it nor takes its slot. Asked of the processes
+/// (`pg_stat_activity`), not of `sync_jobs`, and before the dispatch lock: this is the
+/// launcher's tick while workers chain their windows, and it need not wait for their claims.
+fn workers_hold_every_slot(profiler_pipeline: &str) -> SpiResult<bool> {
+    Spi::get_one_with_args::<bool>(
+        concat!(
+            "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity
+                     WHERE backend_type = 'orders_sync job' AND datname = current_database())
+                    >= sum(",
+            run_cap!("r"),
+            ")
+             FROM orders_sync.pipeline_run_summaries r
+             WHERE r.overall_status = 'running' AND r.pipeline_name = $1"
+        ),
+        &[profiler_pipeline.into()],
+    )
+    .map(|held| held.unwrap_or(false))
 }
 
 /// A job worker reports in as soon as it starts, before it waits for its store's lock: from
