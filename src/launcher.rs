@@ -14,7 +14,7 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::SpiResult;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::bgw::{self, in_transaction, in_transaction_or_log, WorkerRequest};
 use crate::gucs;
@@ -68,10 +68,18 @@ impl WorkerRequest for JobRequest {
     }
 }
 
-/// Housekeeping of one tick: orphaned jobs failed, skips after failures, finished runs
-/// closed. Returns whether any profiler run is still running (the tick rate depends on it).
-fn housekeeping() -> pgrx::spi::SpiResult<bool> {
-    orchestrate::reset_dead_jobs(None)?;
+/// How often a busy launcher looks for jobs whose worker is gone. Every tick would read the
+/// running jobs' index ten times a second, and while a run is waited on with `wait => true`
+/// that index keeps an entry for every window the run has started (docs/design.md#caps).
+const DEAD_JOB_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Housekeeping of one tick: orphaned jobs failed (when `check_dead`), skips after failures,
+/// finished runs closed. Returns whether any profiler run is still running (the tick rate
+/// depends on it).
+fn housekeeping(check_dead: bool) -> pgrx::spi::SpiResult<bool> {
+    if check_dead {
+        orchestrate::reset_dead_jobs(None)?;
+    }
     orchestrate::skip_after_failures(None)?;
     for run_id in orchestrate::runs_without_work()? {
         orchestrate::close_run_if_done(&run_id)?;
@@ -105,6 +113,7 @@ pub extern "C-unwind" fn orders_sync_launcher_main(_argument: pg_sys::Datum) {
     let mut last_error: Option<String> = None;
     let mut slot_warning_logged = false;
     let mut busy = true;
+    let mut last_dead_check: Option<Instant> = None;
     loop {
         let nap = if busy { Duration::from_millis(100) } else { Duration::from_millis(500) };
         if !BackgroundWorker::wait_latch(Some(nap)) {
@@ -113,19 +122,23 @@ pub extern "C-unwind" fn orders_sync_launcher_main(_argument: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
+        let check_dead = last_dead_check.is_none_or(|at| !busy || at.elapsed() >= DEAD_JOB_CHECK_EVERY);
         let tick = in_transaction(|| -> SpiResult<_> {
             // On a Citus worker node the extension is there by propagation only: the
             // coordinator's launcher does all syncing (docs/design.md#citus).
             if !extension_installed()? || crate::distributed::is_citus_worker_node()? {
                 return Ok((false, Vec::new()));
             }
-            let busy = housekeeping()?;
+            let busy = housekeeping(check_dead)?;
             let picked = if busy { queue::claim(&Claimant::Launcher, PIPELINE_NAME)? } else { Vec::new() };
             Ok((busy, picked))
         });
         let picked = match tick {
             Ok((now_busy, picked)) => {
                 busy = now_busy;
+                if check_dead {
+                    last_dead_check = Some(Instant::now());
+                }
                 last_error = None;
                 picked
             }
