@@ -220,6 +220,9 @@ pub extern "C-unwind" fn orders_sync_job_worker(argument: pg_sys::Datum) {
     // store's consecutive windows.
     let mut locked = lock_store_patiently(&store_code);
     loop {
+        // Read before the window ends: a slot taken by counting after this saw this worker's
+        // slot free, and then the worker counts too instead of handing its slot on.
+        let epoch = queue::dispatch_epoch();
         let end = run_job(job_id, &store_code);
         let after = in_transaction_or_log("read the job's outcome", || -> SpiResult<_> {
             let Some((run_id, pipeline_id, status)) = job_outcome(job_id)? else {
@@ -239,7 +242,7 @@ pub extern "C-unwind" fn orders_sync_job_worker(argument: pg_sys::Datum) {
             None
         } else {
             let claimant =
-                Claimant::Worker { run_id: &run_id, pipeline_id, store_code: &store_code, after_job: job_id };
+                Claimant::Worker { run_id: &run_id, pipeline_id, store_code: &store_code, after_job: job_id, epoch };
             in_transaction_or_log("claim the next window", || queue::claim(&claimant, PIPELINE_NAME))
                 .and_then(|claimed| claimed.into_iter().next())
         };

@@ -377,20 +377,27 @@ pub enum Claimant<'a> {
     Launcher,
     /// A job worker whose window (job `after_job`) has just ended (its slot is free): one
     /// window of its own run, the same store's next one first; it runs the window itself.
-    Worker { run_id: &'a str, pipeline_id: i64, store_code: &'a str, after_job: i64 },
+    /// `epoch`: the dispatch epoch it read before that window ended ([`dispatch_epoch`]).
+    Worker { run_id: &'a str, pipeline_id: i64, store_code: &'a str, after_job: i64, epoch: Option<u64> },
 }
 
 /// Claims the windows that may start now under the dispatch rules (`dispatch::choose`),
 /// marking them `running`: with the worker's pid for a worker, without one for the launcher
 /// (its worker reports in when it starts).
 pub fn claim(claimant: &Claimant<'_>, profiler_pipeline: &str) -> SpiResult<Vec<Candidate>> {
-    if matches!(claimant, Claimant::Launcher) && workers_hold_every_slot(profiler_pipeline)? {
+    if matches!(claimant, Claimant::Launcher)
+        && workers_hold_every_slot(profiler_pipeline, i64::from(gucs::max_workers()))?
+    {
         return Ok(Vec::new());
     }
     Spi::run(DISPATCH_LOCK)?;
-    if let Claimant::Worker { run_id, pipeline_id, store_code, after_job } = claimant {
-        if let Some(next) = hand_on_slot(run_id, *pipeline_id, store_code, *after_job)? {
-            return mark_claimed(vec![next], true);
+    if let Claimant::Worker { run_id, pipeline_id, store_code, after_job, epoch: Some(epoch) } = claimant {
+        // Only if no slot was taken by counting since the worker's window ended: such a count
+        // saw the worker's slot free (docs/design.md#caps).
+        if dispatch_epoch() == Some(*epoch) {
+            if let Some(next) = hand_on_slot(run_id, *pipeline_id, store_code, *after_job)? {
+                return mark_claimed(vec![next], true);
+            }
         }
     }
     let running = Spi::connect(|client| {
@@ -426,10 +433,11 @@ pub fn claim(claimant: &Claimant<'_>, profiler_pipeline: &str) -> SpiResult<Vec<
     // (the store's own index entries), then looks for a window after the one it just ran
     // (windows are queued in store order and handed out in id order); only when that finds
     // nothing does it read the whole queue, which then also finds any window passed over.
-    if let Claimant::Worker { run_id, pipeline_id, store_code, after_job } = claimant {
+    if let Claimant::Worker { run_id, pipeline_id, store_code, after_job, .. } = claimant {
         for nearby in [next_window_of_store(run_id, *pipeline_id, store_code)?, windows_after(run_id, *after_job)?] {
             let chosen = dispatch::choose(&nearby, &running, cluster_cap, 1);
             if !chosen.is_empty() {
+                slot_taken_by_count();
                 return mark_claimed(chosen, by_worker);
             }
         }
@@ -474,7 +482,26 @@ pub fn claim(claimant: &Claimant<'_>, profiler_pipeline: &str) -> SpiResult<Vec<
         &[profiler_pipeline.into(), run_id.into(), pipeline_id.into(), store_code.into()],
     )?;
     let chosen = dispatch::choose(&candidates, &running, cluster_cap, limit);
+    if !chosen.is_empty() {
+        slot_taken_by_count();
+    }
     mark_claimed(chosen, by_worker)
+}
+
+/// The dispatch epoch (`shared_memory::dispatch_epoch`); `None` without shared memory, and
+/// then a worker always counts.
+pub fn dispatch_epoch() -> Option<u64> {
+    crate::shared_memory::dispatch_epoch().map(|epoch| epoch.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+/// Moves the dispatch epoch: a slot was taken by counting the running jobs, which may have
+/// seen the slot of a worker between two windows as free, so that worker must count too.
+/// Called after the count, under the dispatch lock (or by `sync_window`, which takes a slot
+/// without counting).
+pub fn slot_taken_by_count() {
+    if let Some(epoch) = crate::shared_memory::dispatch_epoch() {
+        epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The window a job worker whose window has just ended takes in its place without counting
@@ -642,23 +669,23 @@ fn every_run_at_cap(profiler_pipeline: &str, running: &[dispatch::RunningJob]) -
     })
 }
 
-/// Whether the running profiler runs have as many job workers alive as their caps add up to:
-/// a worker between two windows of its run holds its slot (it claims its next window itself),
-/// so the launcher neither reads the queue for it nor takes its slot. Asked of the processes
+/// Whether the running profiler runs have as many job workers alive as their caps add up to,
+/// or as the cluster's cap: a worker between two windows of its run holds its slot (it claims
+/// its next window itself), so the launcher neither reads the queue for it nor takes its slot. Asked of the processes
 /// (`pg_stat_activity`), not of `sync_jobs`, and before the dispatch lock: this is the
 /// launcher's tick while workers chain their windows, and it need not wait for their claims.
-fn workers_hold_every_slot(profiler_pipeline: &str) -> SpiResult<bool> {
+fn workers_hold_every_slot(profiler_pipeline: &str, cluster_cap: i64) -> SpiResult<bool> {
     Spi::get_one_with_args::<bool>(
         concat!(
             "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity
                      WHERE backend_type = 'orders_sync job' AND datname = current_database())
-                    >= sum(",
+                    >= least(sum(",
             run_cap!("r"),
-            ")
+            "), $2)
              FROM orders_sync.pipeline_run_summaries r
              WHERE r.overall_status = 'running' AND r.pipeline_name = $1"
         ),
-        &[profiler_pipeline.into()],
+        &[profiler_pipeline.into(), cluster_cap.into()],
     )
     .map(|held| held.unwrap_or(false))
 }

@@ -390,6 +390,9 @@ pub extern "C-unwind" fn orders_sync_window_worker(argument: pg_sys::Datum) {
     };
     match in_transaction(|| queue_manual_window(&request)) {
         Ok(Ok(job_id)) => {
+            // The window takes a cluster slot without counting (docs/design.md#caps): job
+            // workers count again rather than hand their slots on, so they give way to it.
+            queue::slot_taken_by_count();
             run_job(job_id, &request.store_code);
             in_transaction_or_log(&format!("close run {}", request.run_id), || queue::finish_run(&request.run_id));
         }
