@@ -255,41 +255,23 @@ fn plan_run(request: &ProfilerRequest) -> SqlResult<Planned> {
     let rows = Spi::connect(|client| plan_selection(client, &params, Utc::now()))
         .map_err(|error| SqlError::internal(format!("orders_sync planner: {}", error.message)))?;
     request.create_run()?;
-    let streams_of = pipeline_streams()?;
-    let mut jobs = 0;
-    for row in rows.into_iter().filter(|row| row.window.will_run) {
-        let window = Window {
-            pipeline_id: row.pipeline_id,
-            store_code: row.store_code.clone(),
-            from: row.window.from,
-            to: row.window.to,
-        };
-        let streams =
-            streams_of.iter().find(|(id, _)| *id == row.pipeline_id).map(|(_, s)| s.clone()).unwrap_or_default();
-        let reason = row.window.reason.as_str();
-        if queue::enqueue(&request.run_id, &window, &streams, reason)?.is_none() {
-            // The window is already queued or running elsewhere (another selection's run, a
-            // manual sync_window): record it here as skipped rather than lose it silently.
-            let other = queue::active_run_of(&window)?.unwrap_or_default();
-            let message = format!("skipped: window already queued or running in run {other}");
-            queue::record_skipped(&request.run_id, &window, &streams, reason, &message)?;
-        }
-        jobs += 1;
-    }
+    let planned: Vec<(Window, &str)> = rows
+        .iter()
+        .filter(|row| row.window.will_run)
+        .map(|row| {
+            let window = Window {
+                pipeline_id: row.pipeline_id,
+                store_code: row.store_code.clone(),
+                from: row.window.from,
+                to: row.window.to,
+            };
+            (window, row.window.reason.as_str())
+        })
+        .collect();
+    let jobs = queue::enqueue_planned(&request.run_id, &planned)?;
     // Nothing to fetch (or everything skipped): the run ends right here.
     close_run_if_done(&request.run_id)?;
     Ok(Planned::Created { jobs })
-}
-
-fn pipeline_streams() -> pgrx::spi::SpiResult<Vec<(i64, Vec<String>)>> {
-    Spi::connect(|client| {
-        let table = client.select("SELECT id, streams FROM orders_sync.pipelines", None, &[])?;
-        let mut out = Vec::new();
-        for row in table {
-            out.push((row.get::<i64>(1)?.unwrap_or_default(), row.get::<Vec<String>>(2)?.unwrap_or_default()));
-        }
-        Ok(out)
-    })
 }
 
 /// Entry point of the planner worker: argument = the caller's database OID, `bgw_extra` =

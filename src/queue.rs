@@ -75,15 +75,52 @@ pub fn enqueue(run_id: &str, window: &Window, streams: &[String], reason: &str) 
     )
 }
 
-/// Records a window of a run as `skipped` without queueing it (it is queued or running in
-/// another run), so the run's counts say so rather than lose it silently.
-pub fn record_skipped(run_id: &str, window: &Window, streams: &[String], reason: &str, message: &str) -> SpiResult<()> {
+/// Queues a run's planned windows, each with the reason it was planned, in one statement and
+/// in the order given (job ids follow it: dispatch hands windows out in id order). A window
+/// already queued or running in another run (another selection's run, a manual
+/// `sync_window`) is recorded in this run as `skipped`, naming that run, rather than lost
+/// silently. Each window pulls its pipeline's streams. Returns how many windows were given.
+pub fn enqueue_planned(run_id: &str, windows: &[(Window, &str)]) -> SpiResult<usize> {
+    let pipeline_ids: Vec<i64> = windows.iter().map(|(w, _)| w.pipeline_id).collect();
+    let store_codes: Vec<&str> = windows.iter().map(|(w, _)| w.store_code.as_str()).collect();
+    let froms: Vec<pgrx::datum::Date> = windows.iter().map(|(w, _)| clock::to_pg(w.from)).collect();
+    let tos: Vec<pgrx::datum::Date> = windows.iter().map(|(w, _)| clock::to_pg(w.to)).collect();
+    let reasons: Vec<&str> = windows.iter().map(|(_, reason)| *reason).collect();
     Spi::run_with_args(
-        "INSERT INTO orders_sync.sync_jobs
+        "WITH planned AS (
+             SELECT w.pipeline_id, w.store_code COLLATE \"C\" AS store_code, w.from_date, w.to_date, w.reason,
+                    w.position, coalesce(p.streams, '{}') AS streams
+             FROM unnest($2::bigint[], $3::text[], $4::date[], $5::date[], $6::text[])
+                  WITH ORDINALITY AS w(pipeline_id, store_code, from_date, to_date, reason, position)
+             LEFT JOIN orders_sync.pipelines p ON p.id = w.pipeline_id
+         ),
+         queued AS (
+             INSERT INTO orders_sync.sync_jobs (run_id, pipeline_id, store_code, from_date, to_date, streams, reason)
+             SELECT $1, pipeline_id, store_code, from_date, to_date, streams, reason
+             FROM planned ORDER BY position
+             ON CONFLICT (pipeline_id, store_code, from_date, to_date) WHERE status IN ('queued', 'running')
+             DO NOTHING
+             RETURNING pipeline_id, store_code, from_date, to_date
+         )
+         INSERT INTO orders_sync.sync_jobs
              (pipeline_id, store_code, from_date, to_date, run_id, streams, reason, status, error_message, finished_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'skipped', $8, now())",
-        &window.key_then([run_id.into(), streams.to_vec().into(), reason.into(), message.into()]),
-    )
+         SELECT w.pipeline_id, w.store_code, w.from_date, w.to_date, $1, w.streams, w.reason, 'skipped',
+                -- The statement's snapshot sees the other run's job, not this run's new ones.
+                format('skipped: window already queued or running in run %s',
+                       coalesce((SELECT a.run_id FROM orders_sync.sync_jobs a
+                                 WHERE a.pipeline_id = w.pipeline_id AND a.store_code = w.store_code
+                                   AND a.from_date = w.from_date AND a.to_date = w.to_date
+                                   AND a.status IN ('queued', 'running')
+                                 LIMIT 1), '')),
+                now()
+         FROM planned w
+         WHERE NOT EXISTS (SELECT 1 FROM queued q
+                           WHERE q.pipeline_id = w.pipeline_id AND q.store_code = w.store_code
+                             AND q.from_date = w.from_date AND q.to_date = w.to_date)
+         ORDER BY w.position",
+        &[run_id.into(), pipeline_ids.into(), store_codes.into(), froms.into(), tos.into(), reasons.into()],
+    )?;
+    Ok(windows.len())
 }
 
 /// The first column of the first row of a data-changing statement, `None` when it returns

@@ -359,6 +359,17 @@ fn profiler_skips_while_previous_run_active_and_resets_runs_whose_workers_died()
     // A different selection is not blocked by it.
     let other = run_profiler(&mut db, "itpile", ", store_code => 'PDT03', max_workers => 1");
     assert_ne!(other, run_id);
+    // ... but its windows still queued or running in the first run are recorded in it as
+    // skipped, naming that run, not queued twice.
+    let skipped: Vec<String> = db
+        .query("SELECT error_message FROM orders_sync.sync_jobs WHERE run_id = $1 AND status = 'skipped'", &[&other])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(!skipped.is_empty(), "the slow first run still holds PDT03's windows");
+    let expected = format!("skipped: window already queued or running in run {run_id}");
+    assert!(skipped.iter().all(|message| *message == expected), "{skipped:?}");
     clear_faults(&sim);
     wait_for_run(&mut db, &run_id, Duration::from_secs(120));
     wait_for_run(&mut db, &other, Duration::from_secs(120));
