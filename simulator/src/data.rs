@@ -241,17 +241,7 @@ impl<'a> StreamView<'a> {
             Some(c) => write_cents(buf, c),
             None => buf.extend_from_slice(b"null"),
         }
-        buf.extend_from_slice(b",\"customer_id\":\"C");
-        write_padded(buf, row.customer as u64, 7);
-        buf.extend_from_slice(b"\",\"sku\":\"SKU-");
-        write_padded(buf, row.sku as u64, 5);
-        buf.extend_from_slice(b"\",\"qty\":");
-        write_u64(buf, row.qty as u64);
-        buf.extend_from_slice(b",\"channel\":\"");
-        buf.extend_from_slice(row.channel.as_bytes());
-        buf.extend_from_slice(b"\",\"currency\":\"INR\",\"rev\":");
-        write_u64(buf, row.version as u64);
-        buf.extend_from_slice(b"}");
+        Self::write_tail(buf, row);
     }
 
     /// Write up to `page_size` comma-separated records starting at `start`, never past
