@@ -96,29 +96,12 @@ pub fn write_page(
 ) -> SpiResult<i64> {
     let records = write::in_key_order(records);
     Spi::connect_mut(|client| {
-        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
-        client.update(
-            "INSERT INTO orders_sync.window_pages
-                 (pipeline_id, store_code, from_date, to_date, stream, page_no, next_page_token,
-                  row_count, record_ids, job_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            None,
-            &window.key_then([
-                stream.into(),
-                page_no.into(),
-                next_page_token.into(),
-                (records.len() as i32).into(),
-                ids.clone().into(),
-                job_id.into(),
-            ]),
-        )?;
-        client.update(
-            "UPDATE orders_sync.sync_jobs
-             SET pages_done = pages_done + 1, rows_written = rows_written + $1, heartbeat_at = now()
-             WHERE id = $2",
-            None,
-            &[(records.len() as i64).into(), job_id.into()],
-        )?;
+        // Two statements, not the single-node path's one: the page's row goes to the store's
+        // shard on a worker node, the job's progress stays on the coordinator, and each
+        // statement is routed to one place.
+        let args = write::page_args(window, job_id, stream, page_no, &records, next_page_token);
+        client.update(write::page_row!(), None, &args)?;
+        client.update(write::job_progress!(), None, &args)?;
         let (absent, changed) = write::new_and_changed(client, window, stream, records)?;
         Ok(insert_rows(client, window, stream, page_no, absent, false)?
             + insert_rows(client, window, stream, page_no, changed, true)?)

@@ -96,29 +96,8 @@ pub fn write_page(
     }
     let records = in_key_order(records);
     let (absent, changed) = Spi::connect_mut(|client| -> SpiResult<(Vec<Record>, Vec<Record>)> {
-        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
-        client.update(
-            r#"
-            WITH page AS (
-                INSERT INTO orders_sync.window_pages
-                    (pipeline_id, store_code, from_date, to_date, stream, page_no, next_page_token,
-                     row_count, record_ids, job_id)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-            )
-            UPDATE orders_sync.sync_jobs
-            SET pages_done = pages_done + 1, rows_written = rows_written + $8, heartbeat_at = now()
-            WHERE id = $10
-            "#,
-            None,
-            &window.key_then([
-                stream.into(),
-                page_no.into(),
-                next_page_token.into(),
-                (records.len() as i32).into(),
-                ids.clone().into(),
-                job_id.into(),
-            ]),
-        )?;
+        let args = page_args(window, job_id, stream, page_no, &records, next_page_token);
+        client.update(concat!("WITH page AS (", page_row!(), ") ", job_progress!()), None, &args)?;
         new_and_changed(client, window, stream, records)
     })?;
     let inserted = match bulk::load_new_records(window, stream, &absent) {
@@ -249,6 +228,48 @@ fn read_versions(
 /// What turns an insert of a page's records into an upsert: a changed record replaces the
 /// stored one; one whose payload is unchanged writes no row version. Ends a statement that
 /// names the records table `r`.
+/// A page's row in `window_pages` (its cursor and ids), with the arguments of [`page_args`].
+macro_rules! page_row {
+    () => {
+        "INSERT INTO orders_sync.window_pages
+             (pipeline_id, store_code, from_date, to_date, stream, page_no, next_page_token,
+              row_count, record_ids, job_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    };
+}
+pub(crate) use page_row;
+
+/// The job's progress after a page, with the arguments of [`page_args`].
+macro_rules! job_progress {
+    () => {
+        "UPDATE orders_sync.sync_jobs
+         SET pages_done = pages_done + 1, rows_written = rows_written + $8, heartbeat_at = now()
+         WHERE id = $10"
+    };
+}
+pub(crate) use job_progress;
+
+/// The arguments of `page_row!` and `job_progress!`: the window's key, stream, page number,
+/// next page token, row count, the records' ids (in the order given) and the job.
+pub(crate) fn page_args<'a>(
+    window: &'a Window,
+    job_id: i64,
+    stream: &'a str,
+    page_no: i32,
+    records: &'a [Record],
+    next_page_token: Option<&'a str>,
+) -> Vec<pgrx::datum::DatumWithOid<'a>> {
+    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    window.key_then([
+        stream.into(),
+        page_no.into(),
+        next_page_token.into(),
+        (records.len() as i32).into(),
+        ids.into(),
+        job_id.into(),
+    ])
+}
+
 pub(crate) const UPSERT_CLAUSE: &str = r#"
     ON CONFLICT (pipeline_id, store_code, stream, record_id) DO UPDATE
     SET record_date = EXCLUDED.record_date,
