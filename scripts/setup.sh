@@ -21,6 +21,8 @@ done
 
 # shellcheck source=pg_env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/pg_env.sh"
+# shellcheck source=apt_packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt_packages.sh"
 PGRX_VERSION=0.18.0
 APT_PACKAGES=(
   "postgresql-${PG_MAJOR}"            # the server the extension runs in
@@ -45,18 +47,7 @@ else
   SUDO=
 fi
 
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  log "installing apt packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-else
-  log "apt packages present"
-fi
+apt_install_missing "${APT_PACKAGES[@]}"
 
 # The exporter and Prometheus packages enable services of their own (the exporter on :9187,
 # with an empty DATA_SOURCE_NAME). The tests run their own exporter on a private port and

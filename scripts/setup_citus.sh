@@ -10,6 +10,8 @@ set -euo pipefail
 
 # shellcheck source=pg_env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/pg_env.sh"
+# shellcheck source=apt_packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt_packages.sh"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CITUS_VERSION=13.2.2
 tarball="${ORDERS_SYNC_CITUS_TARBALL:-$repo/../shared/vendor/citus-${CITUS_VERSION}-pg15.20.tar.gz}"
@@ -40,16 +42,7 @@ if [ ! -f "$tarball" ]; then
   exit 1
 fi
 
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  log "installing apt packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_install_missing "${APT_PACKAGES[@]}"
 
 log "building Citus ${CITUS_VERSION} from $tarball in $build (2-3 minutes on 2 cores)"
 started=$(date +%s)
