@@ -292,6 +292,21 @@ fn method_not_allowed(want: &'static str) -> Resp {
     error(StatusCode::METHOD_NOT_ALLOWED, want)
 }
 
+/// What every GET shape checks after its path, in this order: the method, the query (parsed
+/// by the caller), the credentials.
+fn get_query(
+    r: &Req<'_>,
+    params: Result<HashMap<String, String>, String>,
+    auth: Auth,
+) -> Result<HashMap<String, String>, Resp> {
+    if *r.method != Method::GET {
+        return Err(method_not_allowed("use GET"));
+    }
+    let params = params.map_err(bad)?;
+    check_auth(r, auth, &params)?;
+    Ok(params)
+}
+
 fn path_store_stream(raw_store: &str, raw_stream: &str) -> Result<(String, String), Resp> {
     let store = percent_decode(raw_store).filter(|s| valid_store(s)).ok_or_else(not_found)?;
     let stream = percent_decode(raw_stream).filter(|s| valid_stream(s)).ok_or_else(not_found)?;
@@ -399,11 +414,7 @@ pub(crate) async fn nexturl(r: &Req<'_>) -> Resp {
         hint.as_deref(),
         b"{\"result\":{\"items\":[",
         || {
-            if *r.method != Method::GET {
-                return Err(method_not_allowed("use GET"));
-            }
-            let params = params.map_err(bad)?;
-            check_auth(r, Auth::ApiKeyHeader, &params)?;
+            let params = get_query(r, params, Auth::ApiKeyHeader)?;
             let q = nexturl_query(r, &params).map_err(bad)?;
             let page = q.token.map_or(0, |t| t.page);
             Ok((Target { store: q.store.clone(), stream: q.stream.clone(), page }, q))
@@ -513,11 +524,7 @@ pub(crate) async fn link(r: &Req<'_>, raw_store: &str, raw_stream: &str) -> Resp
         b"[",
         || {
             let (store, stream) = path_store_stream(raw_store, raw_stream)?;
-            if *r.method != Method::GET {
-                return Err(method_not_allowed("use GET"));
-            }
-            let params = parse_query(r.query).map_err(bad)?;
-            check_auth(r, Auth::Basic, &params)?;
+            let params = get_query(r, parse_query(r.query), Auth::Basic)?;
             let q = (|| -> Result<(DayPageQ, u64), String> {
                 let from_ts: i64 = int_param(&params, "from_ts")?;
                 let to_ts: i64 = int_param(&params, "to_ts")?;
@@ -583,11 +590,7 @@ pub(crate) async fn offset(r: &Req<'_>, raw_stream: &str) -> Resp {
         b"{\"data\":{\"orders\":[",
         || {
             let stream = percent_decode(raw_stream).filter(|s| valid_stream(s)).ok_or_else(not_found)?;
-            if *r.method != Method::GET {
-                return Err(method_not_allowed("use GET"));
-            }
-            let params = params.map_err(bad)?;
-            check_auth(r, Auth::ApiKeyQuery, &params)?;
+            let params = get_query(r, params, Auth::ApiKeyQuery)?;
             let q = (|| -> Result<DayPageQ, String> {
                 let store = required(&params, "store")?;
                 if !valid_store(store) {
@@ -647,11 +650,7 @@ pub(crate) async fn page_number(r: &Req<'_>, raw_store: &str, raw_stream: &str, 
         b"{\"items\":[",
         || {
             let (store, stream) = path_store_stream(raw_store, raw_stream)?;
-            if *r.method != Method::GET {
-                return Err(method_not_allowed("use GET"));
-            }
-            let params = parse_query(r.query).map_err(bad)?;
-            check_auth(r, Auth::Bearer, &params)?;
+            let params = get_query(r, parse_query(r.query), Auth::Bearer)?;
             let q = (|| -> Result<(DayPageQ, u64), String> {
                 let date = |name: &str| -> Result<i64, String> {
                     let v = required(&params, name)?;
@@ -821,11 +820,7 @@ pub(crate) async fn no_paging(r: &Req<'_>, raw_store: &str, raw_stream: &str) ->
         b"{\"orders\":[",
         || {
             let (store, stream) = path_store_stream(raw_store, raw_stream)?;
-            if *r.method != Method::GET {
-                return Err(method_not_allowed("use GET"));
-            }
-            let params = parse_query(r.query).map_err(bad)?;
-            check_auth(r, Auth::Bearer, &params)?;
+            let params = get_query(r, parse_query(r.query), Auth::Bearer)?;
             let (from, to) = window(&params).map_err(bad)?;
             Ok((Target { store: store.clone(), stream: stream.clone(), page: 0 }, (store, stream, from, to)))
         },
