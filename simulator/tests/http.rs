@@ -1,43 +1,17 @@
 //! End-to-end tests: start the real binary on an ephemeral loopback port and speak HTTP to it.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use reqwest::blocking::{Client, Response};
+use reqwest::blocking::Response;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-struct Server {
-    child: Child,
-    base: String,
-    client: Client,
-}
+mod common;
+use common::Server;
 
 impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_orders_sync_simulator"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn simulator");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
-        let addr = line
-            .trim_end()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
-        Server {
-            child,
-            base: format!("http://{addr}"),
-            client: Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
-        }
-    }
-
     fn get(&self, path: &str) -> Response {
         self.client.get(format!("{}{path}", self.base)).send().expect("GET")
     }
@@ -94,14 +68,6 @@ impl Server {
             assert!(Instant::now() < deadline, "simulator did not exit on SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Only our own child; harmless if it already exited.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

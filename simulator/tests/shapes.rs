@@ -1,42 +1,19 @@
 //! The API shapes over real HTTP: the real binary on an ephemeral loopback port, each shape
 //! paged to the end like a client would and compared with the truth API's ids for that shape.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
-use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::blocking::{RequestBuilder, Response};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+mod common;
+use common::Server;
+
 const TOKEN: &str = "s3cret/Tok+en=42";
 
-struct Server {
-    child: Child,
-    base: String,
-    client: Client,
-}
-
 impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_orders_sync_simulator"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn simulator");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
-        let addr = line.trim_end().strip_prefix("listening on ").expect("listening line").to_owned();
-        Server {
-            child,
-            base: format!("http://{addr}"),
-            client: Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
-        }
-    }
-
     fn url(&self, path: &str) -> String {
         if path.starts_with("http") {
             path.to_owned()
@@ -96,14 +73,6 @@ impl Server {
         let v: Value = r.json().expect("JSON");
         assert_eq!(v["token_type"], "Bearer");
         v["access_token"].as_str().expect("access_token").to_owned()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Only our own child.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
